@@ -1,0 +1,440 @@
+"""`python -m engine.cluster up|status|down|keys`: run dxsim on this machine or a set of nodes.
+
+`up [SPEC.toml]` starts a head (hub, scheduler, broker and the `env` and `head` services in this
+process) and worker processes for every service, runs the spec's episodes with a progress bar, and
+writes a summary, JSON-line logs and trajectories under a new run directory. With no spec it runs
+the embedded default (`engine/default.toml`). `status` and `down` find the running head through
+`RUN_DIR/latest/head.json`; `keys DIR` writes CURVE key pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+import zmq
+
+from engine.actor import Actor, ConfigError, handles
+from engine.broker import Broker, BrokerConfig
+from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient
+from engine.client import connect as connect_hub
+from engine.env import EnvService
+from engine.hub import Hub
+from engine.logs import configure_logging
+from engine.routing import RouterConfig
+from engine.scheduler import Scheduler
+from engine.security import SecurityError, check_bind, write_keys
+from engine.spec import ClusterSpec, load_spec
+from engine.supervisor import Supervisor, worker_argv
+from engine.worker import resolve, serve
+from protocols import BrokerStats, BrokerStatsQuery, Case, Shutdown, Status, StatusQuery
+
+log = structlog.get_logger("engine.cluster")
+
+
+class HeadInfo(msgspec.Struct):
+    """What `status` and `down` need to find a running head."""
+
+    endpoint: str
+    pid: int
+    run_dir: str
+    started: float
+    spec: str
+
+
+class HeadControl(Actor):
+    """Service `head`: cluster-wide status and a polite `down`."""
+
+    service = "head"
+
+    def __init__(self, head: Head) -> None:
+        super().__init__(None)
+        self.head = head
+
+    @handles(StatusQuery)
+    def status(self, msg: StatusQuery) -> Status:
+        return self.head.status()
+
+    @handles(Shutdown)
+    def shutdown(self, msg: Shutdown) -> Status:
+        log.info("down requested", reason=msg.reason)
+        self.head.request_down()
+        return self.head.status()
+
+
+@dataclass
+class Head:
+    spec: ClusterSpec
+    run_dir: Path
+    hub: Hub
+    scheduler: Scheduler | None = None
+    broker: Broker | None = None
+    down: trio.Event | None = None
+
+    def status(self) -> Status:
+        router = self.hub.router
+        status = router.status(trio.current_time())
+        counters = dict(status.counters)
+        if self.scheduler is not None:
+            counters.update({f"episodes.{k}": v for k, v in self.scheduler.tally.summary().items()})
+            counters["episodes.running"] = self.scheduler.tally.running
+        if self.broker is not None:
+            counters["broker.received"] = self.broker.received
+            counters["broker.duplicates"] = self.broker.duplicates
+        return msgspec.structs.replace(status, counters=counters)
+
+    def request_down(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.down is not None:
+            self.down.set()
+
+
+def load_cases(spec: ClusterSpec) -> list[Case]:
+    factory = resolve(spec.scheduler.cases)
+    try:
+        cases = list(factory(**spec.scheduler.cases_args))
+    except TypeError as exc:
+        raise ConfigError(
+            f"scheduler.cases_args do not fit {spec.scheduler.cases}: {exc}"
+        ) from None
+    if not cases:
+        raise ConfigError(f"{spec.scheduler.cases} returned no cases")
+    bad = [type(c).__name__ for c in cases[:5] if not isinstance(c, Case)]
+    if bad:
+        raise ConfigError(
+            f"{spec.scheduler.cases} must return protocols.Case objects, not {bad[0]}"
+        )
+    return cases
+
+
+def new_run_dir(base: str) -> Path:
+    root = Path(base)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = root / stamp
+    n = 1
+    while run.exists():
+        n += 1
+        run = root / f"{stamp}-{n}"
+    run.mkdir()
+    (run / "workers").mkdir()
+    latest = root / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run.name)
+    return run
+
+
+class Progress:
+    """One line on stderr, redrawn in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def show(self, summary: dict[str, float], final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < (0.25 if self.tty else 5.0):
+            return
+        self.last = now
+        done = int(summary["episodes"])
+        if self.total:
+            filled = int(30 * done / self.total)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}"
+        else:
+            bar = f"{done} episodes"
+        line = (
+            f"{bar}  {summary['episodes_per_s']:.1f} ep/s  acc {summary['accuracy']:.3f}"
+            f"  f1 {summary['exam_f1']:.3f}  aborted {int(summary['aborted'])}"
+        )
+        if self.tty:
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+async def run_cluster(
+    spec: ClusterSpec, *, spec_name: str = "default", ready_timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """`up`: run the spec to completion (or until `down`); returns the summary."""
+    check_bind(spec.head.bind, spec.head.curve)
+    cases = load_cases(spec)
+    run_dir = new_run_dir(spec.run_dir)
+    configure_logging(run_dir / "head.jsonl", console_level="warning")
+    structlog.contextvars.bind_contextvars(cluster=spec.name)
+    ctx = zmq.Context.instance()
+    inproc = f"inproc://dxsim-hub-{os.getpid()}"
+    hub = Hub(
+        [spec.head.bind, inproc],
+        ctx=ctx,
+        config=RouterConfig(heartbeat_s=spec.head.heartbeat_s, name=spec.name),
+        curve=spec.head.curve,
+    )
+    head = Head(spec, run_dir, hub, down=trio.Event())
+    supervisor = Supervisor(run_dir / "workers")
+    curve = spec.head.curve
+    summary: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        endpoints = await nursery.start(hub.run)
+        tcp = endpoints[0]
+        info = HeadInfo(tcp, os.getpid(), str(run_dir), time.time(), spec_name)
+        (run_dir / "head.json").write_bytes(msgspec.json.encode(info))
+        (run_dir / "spec.json").write_bytes(msgspec.json.format(msgspec.json.encode(spec)))
+        try:
+            await nursery.start(supervisor.run)
+            python = spec.head.python or sys.executable
+            for name, service in spec.services.items():
+                for i in range(service.workers):
+                    wname = f"{name}-{i}"
+                    argv = worker_argv(
+                        python,
+                        tcp,
+                        service.actor,
+                        service.config,
+                        wname,
+                        service.capacity,
+                        spec.head.heartbeat_s,
+                        run_dir / "workers" / f"{wname}.jsonl",
+                        curve.dir if curve else None,
+                    )
+                    supervisor.add(wname, argv)
+            async with connect_hub(inproc, name="scheduler", ctx=ctx, curve=curve) as client:
+                scheduler = Scheduler(
+                    client,
+                    cases,
+                    spec.rules,
+                    concurrency=spec.scheduler.concurrency,
+                    group_size=spec.scheduler.group_size,
+                    seed=spec.scheduler.seed,
+                )
+                head.scheduler = scheduler
+                head.broker = Broker(BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl")))
+                env = EnvService(scheduler, nursery)
+                for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
+                    await nursery.start(
+                        lambda a=actor, c=capacity, **kw: serve(
+                            a,
+                            inproc,
+                            name=f"{a.service}-head",
+                            capacity=c,
+                            ctx=ctx,
+                            curve=curve,
+                            heartbeat_s=spec.head.heartbeat_s,
+                            **kw,
+                        )
+                    )
+                await wait_for_services(hub, spec, supervisor, ready_timeout_s)
+                log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
+                sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
+                summary = await drive(head, scheduler)
+        finally:
+            with trio.CancelScope(shield=True):
+                hub.shutdown_workers("cluster down")
+                await supervisor.stop()
+                nursery.cancel_scope.cancel()
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    return summary
+
+
+async def wait_for_services(
+    hub: Hub, spec: ClusterSpec, supervisor: Supervisor, timeout_s: float
+) -> None:
+    """Every service has a live worker, or a clear error naming the ones that never came."""
+    needed = set(spec.services)
+    with trio.move_on_after(timeout_s):
+        while not needed <= set(hub.router.services()):
+            dead = [
+                w for w in supervisor.workers if w.exits and w.restarts >= supervisor.max_restarts
+            ]
+            if dead:
+                break
+            await trio.sleep(0.05)
+        else:
+            return
+    missing = sorted(needed - set(hub.router.services()))
+    detail = ""
+    for w in supervisor.workers:
+        if w.name.rsplit("-", 1)[0] in missing and w.exits:
+            detail += f"\n--- {w.name} exited {w.exits[-1]}:\n{w.stderr_tail()}"
+    raise RuntimeError(f"services never became ready: {', '.join(missing)}{detail}")
+
+
+async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
+    spec = head.spec
+    episodes = spec.scheduler.episodes or None
+    progress = Progress(episodes)
+    assert head.down is not None
+
+    async with trio.open_nursery() as nursery:
+
+        async def show() -> None:
+            while True:
+                progress.show(scheduler.tally.summary())
+                await trio.sleep(0.25)
+
+        async def watch_down() -> None:
+            await head.down.wait()
+            scheduler.stop()
+
+        nursery.start_soon(show)
+        nursery.start_soon(watch_down)
+        await scheduler.run(episodes)
+        nursery.cancel_scope.cancel()
+    summary: dict[str, Any] = dict(scheduler.tally.summary())
+    progress.show(summary, final=True)
+    broker = head.broker
+    if broker is not None:
+        summary["broker_received"] = broker.received
+        summary["broker_duplicates"] = broker.duplicates
+    summary["hub_retried"] = head.hub.router.retried
+    summary["dead_workers"] = head.hub.router.dead_workers
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = [
+        ("episodes", f"{summary['episodes']:.0f}"),
+        (
+            "  diagnosed / truncated / aborted",
+            f"{summary['diagnosed']:.0f} / {summary['truncated']:.0f} / {summary['aborted']:.0f}",
+        ),
+        ("published to broker", f"{summary.get('broker_received', summary['published']):.0f}"),
+        ("diagnosis accuracy", f"{summary['accuracy']:.3f}"),
+        ("mean exam F1", f"{summary['exam_f1']:.3f}"),
+        ("mean reward", f"{summary['reward']:.3f}"),
+        ("mean cost", f"{summary['cost']:.1f}"),
+        ("mean turns", f"{summary['turns']:.2f}"),
+        ("episodes/s", f"{summary['episodes_per_s']:.1f}"),
+        ("run directory", str(summary.get("run_dir", ""))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
+
+
+# --- status / down ----------------------------------------------------------------------------
+
+
+def read_head(run_dir: str) -> HeadInfo:
+    path = Path(run_dir)
+    if (path / "latest").exists():
+        path = path / "latest"
+    try:
+        return msgspec.json.decode((path / "head.json").read_bytes(), type=HeadInfo)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no running cluster found: {path / 'head.json'} does not exist"
+        ) from None
+
+
+def query_status(run_dir: str, timeout: float = 5.0) -> tuple[HeadInfo, Status, BrokerStats | None]:
+    info = read_head(run_dir)
+    with SyncHubClient(info.endpoint, handshake_timeout=timeout) as client:
+        status = client.request("head", StatusQuery(), timeout=timeout)
+        broker = client.request("broker", BrokerStatsQuery(), timeout=timeout)
+    assert isinstance(status, Status)
+    return info, status, broker if isinstance(broker, BrokerStats) else None
+
+
+def format_status(info: HeadInfo, status: Status, broker: BrokerStats | None) -> str:
+    lines = [
+        f"cluster {status.hub} at {info.endpoint} (pid {info.pid}), up {status.uptime_s:.0f} s"
+    ]
+    lines.append(f"run directory {info.run_dir}")
+    by_service: dict[str, list[Any]] = {}
+    for w in status.workers:
+        by_service.setdefault(w.service, []).append(w)
+    for service in sorted(by_service):
+        ws = by_service[service]
+        in_flight = sum(w.in_flight for w in ws)
+        served = sum(w.served for w in ws)
+        lines.append(
+            f"  {service:<10} {len(ws)} worker(s)  in flight {in_flight:<5} served {served}"
+        )
+    c = status.counters
+    if "episodes.episodes" in c:
+        lines.append(
+            f"episodes done {c['episodes.episodes']:.0f}, running {c['episodes.running']:.0f}, "
+            f"accuracy {c['episodes.accuracy']:.3f}, {c['episodes.episodes_per_s']:.1f} ep/s"
+        )
+    if broker is not None:
+        lines.append(
+            f"broker received {broker.received}, pending {broker.pending}, "
+            f"leased {broker.leased}, acked {broker.acked}, duplicates {broker.duplicates}"
+        )
+    lines.append(f"hub requests {status.requests}, retried {status.retried}")
+    return "\n".join(lines) + "\n"
+
+
+def request_down(run_dir: str, timeout: float = 10.0) -> HeadInfo:
+    info = read_head(run_dir)
+    with SyncHubClient(info.endpoint, handshake_timeout=timeout) as client:
+        client.request("head", Shutdown("engine.cluster down"), timeout=timeout)
+    return info
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.cluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start a cluster and run its episodes")
+    up.add_argument("spec", nargs="?", default=None, help="cluster spec (TOML); default: embedded")
+    up.add_argument("--episodes", type=int, default=None, help="override scheduler.episodes")
+    up.add_argument("--run-dir", default=None, help="override run_dir")
+    st = sub.add_parser("status", help="report a running cluster")
+    st.add_argument("--run-dir", default="runs")
+    dn = sub.add_parser("down", help="drain and stop a running cluster")
+    dn.add_argument("--run-dir", default="runs")
+    keys = sub.add_parser("keys", help="write CURVE server and client key pairs")
+    keys.add_argument("dir")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            spec = load_spec(args.spec)
+            changes: dict[str, Any] = {}
+            if args.run_dir:
+                changes["run_dir"] = args.run_dir
+            if args.episodes is not None:
+                changes["scheduler"] = msgspec.structs.replace(
+                    spec.scheduler, episodes=args.episodes
+                )
+            spec = msgspec.structs.replace(spec, **changes) if changes else spec
+            summary = trio.run(lambda: run_cluster(spec, spec_name=args.spec or "default"))
+            sys.stdout.write(format_summary(summary))
+            return 0 if summary["episodes"] > 0 else 1
+        if args.command == "status":
+            sys.stdout.write(format_status(*query_status(args.run_dir)))
+            return 0
+        if args.command == "down":
+            info = request_down(args.run_dir)
+            sys.stdout.write(f"asked cluster at {info.endpoint} (pid {info.pid}) to stop\n")
+            return 0
+        if args.command == "keys":
+            d = write_keys(args.dir)
+            sys.stdout.write(f"wrote CURVE keys to {d}\n")
+            return 0
+    except (ConfigError, SecurityError, ValueError) as exc:
+        sys.stderr.write(f"engine.cluster {args.command}: {exc}\n")
+        return 2
+    except (HubUnreachable, RequestTimeout, RemoteError) as exc:
+        sys.stderr.write(f"engine.cluster {args.command}: cluster not reachable: {exc}\n")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Cluster specs: TOML decoded into msgspec Structs, so a wrong key is an error that names it.
+
+Components are named by import string (`"actors.examiner:RecordExaminer"`) and resolved when the
+cluster starts, which keeps `engine` free of imports from the layers above it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.actor import ConfigError
+from engine.episode import Rules
+from engine.security import CurveKeys
+from protocols.dialects import DIALECTS
+
+
+class ServiceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actor: str  # import string of an engine.actor.Actor subclass
+    workers: int = 1  # worker processes
+    capacity: int = 64  # concurrent requests each worker accepts
+    config: dict[str, Any] = {}  # the actor's Config, checked by the actor
+
+
+class HeadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bind: str = "tcp://127.0.0.1:*"  # `*` picks a free port
+    heartbeat_s: float = 1.0
+    curve: CurveKeys | None = None  # required when `bind` is not loopback
+    python: str = ""  # interpreter for worker processes; default: this one
+
+
+class SchedulerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    episodes: int = 500  # 0: run until `engine.cluster down`
+    concurrency: int = 64
+    group_size: int = 1
+    seed: int = 0
+    cases: str = "cases.bank:builtin"  # import string of a function returning a list of Case
+    cases_args: dict[str, Any] = {}
+
+
+class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str = "dxsim"
+    run_dir: str = "runs"
+    head: HeadSpec = HeadSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    rules: Rules = Rules()
+    services: dict[str, ServiceSpec] = {}
+
+    def __post_init__(self) -> None:
+        for required in ("patient", "examiner", "agent", "judge"):
+            if required not in self.services:
+                raise ValueError(
+                    f"services.{required} is missing (need patient, examiner, agent, judge)"
+                )
+        for name, service in self.services.items():
+            if service.workers < 1 or service.capacity < 1:
+                raise ValueError(f"services.{name}: workers and capacity must be at least 1")
+        if self.scheduler.concurrency < 1 or self.scheduler.group_size < 1:
+            raise ValueError("scheduler.concurrency and scheduler.group_size must be at least 1")
+        if self.rules.dialect not in DIALECTS:
+            raise ValueError(f"rules.dialect {self.rules.dialect!r} is not one of {DIALECTS}")
+        if self.rules.max_turns < 1 or self.rules.attempts < 1:
+            raise ValueError("rules.max_turns and rules.attempts must be at least 1")
+
+
+def parse_spec(text: str, where: str = "spec") -> ClusterSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, ClusterSpec)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_spec(path: str | Path | None = None) -> ClusterSpec:
+    """The spec at `path`, or the embedded default."""
+    if path is None:
+        text = resources.files("engine").joinpath("default.toml").read_text()
+        return parse_spec(text, "embedded default spec")
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read spec {p}: {exc}") from None
+    return parse_spec(text, str(p))

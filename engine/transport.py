@@ -1,0 +1,145 @@
+"""pyzmq under trio: one task owns each socket and does all of its sends and receives.
+
+pyzmq has no trio support, so every call is `NOBLOCK`; when nothing is ready the owner parks in
+`trio.lowlevel.wait_readable(sock.FD)`. That FD is edge-triggered and *any* operation on the
+socket can consume its edge, so the owner re-reads `zmq.EVENTS` before every park. Other tasks
+never touch the socket: `send()` appends to the owner's queue and wakes it by cancelling the park.
+(A task parked for a reply while another sends on the same socket would hang forever: the send
+eats the edge. Owning both directions in one task is what rules that out.)
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+import zmq
+
+from protocols import MAX_FRAME_BYTES
+
+log = structlog.get_logger("engine.transport")
+
+DRAIN_BATCH = 1000  # messages received per wake-up before yielding to other tasks
+Frames = list[bytes]
+
+
+class SocketClosed(Exception):
+    """The socket's owner task has stopped; nothing more can be sent."""
+
+
+def make_socket(
+    ctx: zmq.Context[Any], kind: int, *, identity: bytes | None = None, hwm: int = 100_000
+) -> zmq.Socket[Any]:
+    """A socket with dxsim's defaults: size limit, no linger, bounded queues."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if identity is not None:
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+    if kind == zmq.ROUTER:
+        # An unknown or vanished peer raises EHOSTUNREACH instead of silently dropping.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return sock
+
+
+class TrioSocket:
+    """Wraps a `zmq.Socket`; `run()` is the owning task, `send()` may be called from any task.
+
+    `on_message(frames)` is called synchronously by the owner for every multipart message
+    received; it must not block (hand work to other tasks through channels or `start_soon`).
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        on_message: Callable[[Frames], None],
+        *,
+        name: str = "socket",
+        on_unreachable: Callable[[Frames], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.name = name
+        self._on_message = on_message
+        self._on_unreachable = on_unreachable
+        self._out: collections.deque[Frames] = collections.deque()
+        self._park: trio.CancelScope | None = None
+        self._closed = False
+        self.sent = 0
+        self.received = 0
+
+    def send(self, frames: Frames) -> None:
+        """Queue a multipart message; never blocks, never touches the socket."""
+        if self._closed:
+            raise SocketClosed(f"{self.name} is closed")
+        self._out.append(frames)
+        if self._park is not None:
+            self._park.cancel()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._out)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self.sock
+        fd = sock.getsockopt(zmq.FD)
+        out = self._out
+        task_status.started()
+        try:
+            while True:
+                progressed = self._flush(sock, out)
+                received = 0
+                while received < DRAIN_BATCH:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    received += 1
+                    self._on_message(frames)
+                self.received += received
+                if received:
+                    progressed = True
+                if out and self._flush(sock, out):
+                    progressed = True
+                if progressed:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                # Nothing moved. Re-read EVENTS (this also re-arms the edge) before parking.
+                events = sock.getsockopt(zmq.EVENTS)
+                if events & zmq.POLLIN or (out and events & zmq.POLLOUT):
+                    continue
+                with trio.CancelScope() as park:
+                    self._park = park
+                    await trio.lowlevel.wait_readable(fd)
+                self._park = None
+        finally:
+            self._closed = True
+            self._park = None
+            trio.lowlevel.notify_closing(fd)
+            sock.close(linger=0)
+
+    def _flush(self, sock: zmq.Socket[Any], out: collections.deque[Frames]) -> bool:
+        sent = 0
+        while out:
+            frames = out[0]
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                out.popleft()
+                if exc.errno == zmq.EHOSTUNREACH:
+                    if self._on_unreachable is not None:
+                        self._on_unreachable(frames)
+                    else:
+                        log.debug("peer unreachable", socket=self.name)
+                    continue
+                raise
+            out.popleft()
+            sent += 1
+        self.sent += sent
+        return sent > 0

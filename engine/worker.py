@@ -1,0 +1,240 @@
+"""A worker: hosts one actor instance and serves its service's requests from the hub.
+
+Run in-process with `serve()` or as a process: `python -m engine.worker --hub ENDPOINT --actor
+actors.patient:RecordPatient [--config JSON] [--capacity N] [--name NAME]`. The worker repeats
+`Ready` every heartbeat period (that is its heartbeat), answers each request with the same id,
+turns handler failures into `Error` replies, and exits on `Shutdown`, when the hub has been silent
+for too long after a shutdown was requested, or when its parent process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+import zmq
+
+from engine.actor import Actor, ActorError, ConfigError, is_async
+from engine.logs import configure_logging
+from engine.security import CurveKeys, apply_client
+from engine.transport import TrioSocket, make_socket
+from protocols import (
+    Error,
+    ErrorCode,
+    Kind,
+    ProtocolError,
+    Ready,
+    Shutdown,
+    decode,
+    decode_envelope,
+    encode,
+    encode_envelope,
+)
+
+log = structlog.get_logger("engine.worker")
+
+
+def resolve(target: str) -> Any:
+    """Import `"package.module:attribute"`; a bad string is a `ConfigError` naming it."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{target!r} is not an import string of the form 'module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} (from {target!r}): {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{module_name!r} has no attribute {attr!r} (from {target!r})") from None
+
+
+def build_actor(target: str, config: dict[str, Any] | None) -> Actor:
+    cls = resolve(target)
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise ConfigError(f"{target!r} is not an engine.actor.Actor subclass")
+    return cls.from_config(config)
+
+
+class Worker:
+    def __init__(self, actor: Actor, name: str, capacity: int, heartbeat_s: float) -> None:
+        self.actor = actor
+        self.name = name
+        self.capacity = capacity
+        self.heartbeat_s = heartbeat_s
+        self.handlers = actor.handlers()
+        self.served = 0
+        self.failed = 0
+        self._socket: TrioSocket | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._ready = encode(Ready(actor.service, capacity, name))
+
+    def _reply(self, msg_id: int, body: bytes) -> None:
+        assert self._socket is not None
+        self._socket.send([encode_envelope(Kind.REPLY, msg_id), body])
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("malformed frame from hub", worker=self.name, frames=len(frames))
+            return
+        try:
+            env = decode_envelope(frames[0])
+        except ProtocolError as exc:
+            log.warning("undecodable frame from hub", worker=self.name, error=str(exc))
+            return
+        if env.kind is Kind.REQUEST:
+            self._on_request(env.id, frames[1])
+        elif env.kind is Kind.CONTROL:
+            try:
+                msg = decode(frames[1])
+            except ProtocolError:
+                return
+            if isinstance(msg, Shutdown):
+                log.info("shutdown requested", worker=self.name, reason=msg.reason)
+                self._stop.set()
+            elif isinstance(msg, Error):
+                log.warning("hub error", worker=self.name, code=msg.code.name, error=msg.message)
+
+    def _on_request(self, msg_id: int, body: bytes) -> None:
+        try:
+            request = decode(body)
+        except ProtocolError as exc:
+            self._reply(msg_id, encode(Error(ErrorCode.BAD_MESSAGE, str(exc))))
+            return
+        handler = self.handlers.get(type(request))
+        if handler is None:
+            error = Error(
+                ErrorCode.BAD_REQUEST,
+                f"service {self.actor.service!r} does not handle {type(request).__name__}",
+            )
+            self._reply(msg_id, encode(error))
+            return
+        if is_async(handler):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_async, handler, request, msg_id)
+            return
+        try:
+            reply = handler(request)
+        except Exception as exc:  # noqa: BLE001 - a handler failure is an Error reply
+            self._reply(msg_id, encode(self._failure(exc, request)))
+            return
+        self.served += 1
+        self._reply(msg_id, encode(reply))
+
+    async def _run_async(self, handler: Callable[[Any], Any], request: Any, msg_id: int) -> None:
+        try:
+            reply = await handler(request)
+        except Exception as exc:  # noqa: BLE001
+            self._reply(msg_id, encode(self._failure(exc, request)))
+            return
+        self.served += 1
+        self._reply(msg_id, encode(reply))
+
+    def _failure(self, exc: Exception, request: Any) -> Error:
+        self.failed += 1
+        if isinstance(exc, ActorError):
+            return Error(exc.code, exc.message)
+        log.exception("handler failed", worker=self.name, request=type(request).__name__)
+        return Error(ErrorCode.WORKER_FAILED, f"{self.name}: {type(exc).__name__}: {exc}")
+
+    async def _heartbeat(self) -> None:
+        assert self._socket is not None
+        parent = os.getppid()
+        while True:
+            self._socket.send([encode_envelope(Kind.CONTROL), self._ready])
+            await trio.sleep(self.heartbeat_s)
+            if os.getppid() != parent:
+                log.warning("parent process gone; stopping", worker=self.name)
+                self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def serve(
+    actor: Actor,
+    endpoint: str,
+    *,
+    name: str | None = None,
+    capacity: int = 64,
+    ctx: zmq.Context[Any] | None = None,
+    curve: CurveKeys | None = None,
+    heartbeat_s: float = 1.0,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `actor` until `Shutdown` or cancellation."""
+    name = name or f"{actor.service}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    structlog.contextvars.bind_contextvars(worker=name, service=actor.service)
+    await actor.start()
+    sock = make_socket(ctx or zmq.Context.instance(), zmq.DEALER, identity=name.encode())
+    if curve is not None:
+        apply_client(sock, curve)
+    sock.connect(endpoint)
+    worker = Worker(actor, name, capacity, heartbeat_s)
+    worker._socket = TrioSocket(sock, worker._on_message, name=name)
+    try:
+        async with trio.open_nursery() as nursery:
+            worker._nursery = nursery
+            await nursery.start(worker._socket.run)
+            nursery.start_soon(worker._heartbeat)
+            log.info("worker started", endpoint=endpoint, capacity=capacity)
+            task_status.started(worker)
+            await worker._stop.wait()
+            # Say goodbye so the hub re-routes at once instead of after the heartbeat window.
+            worker._socket.send(
+                [encode_envelope(Kind.CONTROL), encode(Shutdown("worker stopping"))]
+            )
+            with trio.move_on_after(0.5):
+                while worker._socket.backlog:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        await actor.close()
+        log.info("worker stopped", served=worker.served, failed=worker.failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.worker", description=__doc__)
+    parser.add_argument("--hub", required=True, help="hub endpoint, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument(
+        "--actor", required=True, help="import string, e.g. actors.judge:RulesJudge"
+    )
+    parser.add_argument("--config", default="{}", help="actor configuration as JSON")
+    parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--curve-dir", default=None, help="directory of CURVE keys")
+    parser.add_argument("--log-file", default=None)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_file, console_level="warning")
+    try:
+        config = msgspec.json.decode(args.config.encode())
+        actor = build_actor(args.actor, config)
+    except (ConfigError, msgspec.DecodeError) as exc:
+        sys.stderr.write(f"engine.worker: {exc}\n")
+        return 2
+    curve = CurveKeys(args.curve_dir) if args.curve_dir else None
+    trio.run(
+        lambda: serve(
+            actor,
+            args.hub,
+            name=args.name,
+            capacity=args.capacity,
+            curve=curve,
+            heartbeat_s=args.heartbeat,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
