@@ -12,9 +12,9 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -36,6 +36,9 @@ from protocols import (
     encode,
     encode_envelope,
 )
+
+if TYPE_CHECKING:
+    from engine.hub import Hub
 
 log = structlog.get_logger("engine.client")
 
@@ -83,7 +86,7 @@ class HubClient:
         self.misses = misses
         self._ids = itertools.count(1)
         self._slots: dict[int, _Slot] = {}
-        self._socket: TrioSocket | None = None
+        self._send: Callable[[list[bytes]], None] | None = None  # a socket owner's, or the hub's
         self._handshake = _Slot()
         self._last_heard = trio.current_time()
         self.hub_dead = False
@@ -96,11 +99,11 @@ class HubClient:
         """
         if self.hub_dead:
             raise HubUnreachable(f"hub silent for over {self.misses} heartbeats")
-        assert self._socket is not None
+        assert self._send is not None
         msg_id = next(self._ids)
         slot = _Slot()
         self._slots[msg_id] = slot
-        self._socket.send([encode_envelope(Kind.REQUEST, msg_id, service), encode(body)])
+        self._send([encode_envelope(Kind.REQUEST, msg_id, service), encode(body)])
         try:
             with trio.move_on_after(timeout):
                 await slot.event.wait()
@@ -142,10 +145,10 @@ class HubClient:
                 log.warning("hub error", client=self.name, code=msg.code.name, error=msg.message)
 
     async def _heartbeat(self) -> None:
-        assert self._socket is not None
+        assert self._send is not None
         beat = [encode_envelope(Kind.CONTROL), encode(Heartbeat())]
         while True:
-            self._socket.send(list(beat))
+            self._send(list(beat))
             await trio.sleep(self.heartbeat_s)
             silent = trio.current_time() - self._last_heard
             if silent > self.heartbeat_s * self.misses and not self.hub_dead:
@@ -176,10 +179,11 @@ async def connect(
         apply_client(sock, curve)
     sock.connect(endpoint)
     client = HubClient(name, heartbeat_s, misses)
-    client._socket = TrioSocket(sock, client._on_message, name=name)
+    socket = TrioSocket(sock, client._on_message, name=name)
+    client._send = socket.send
     async with trio.open_nursery() as nursery:
-        await nursery.start(client._socket.run)
-        client._socket.send([encode_envelope(Kind.CONTROL, 1), encode(Hello(name=name))])
+        await nursery.start(socket.run)
+        client._send([encode_envelope(Kind.CONTROL, 1), encode(Hello(name=name))])
         with trio.move_on_after(handshake_timeout):
             await client._handshake.event.wait()
         if client._handshake.body is None:
@@ -193,6 +197,16 @@ async def connect(
             yield client
         finally:
             nursery.cancel_scope.cancel()
+
+
+def local_client(hub: Hub, name: str = "local") -> HubClient:
+    """A client inside the hub's own process and trio run: frames go straight into the router,
+    with no socket and no heartbeat (the hub cannot die without this process)."""
+    client = HubClient(name, hub.router.config.heartbeat_s, misses=1 << 30)
+    identity = f"local:{name}".encode()
+    client._send = hub.attach_local(identity, client._on_message)
+    client._handshake.event.set()
+    return client
 
 
 class SyncHubClient:

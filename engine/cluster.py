@@ -24,8 +24,7 @@ import zmq
 
 from engine.actor import Actor, ConfigError, handles
 from engine.broker import Broker, BrokerConfig
-from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient
-from engine.client import connect as connect_hub
+from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient, local_client
 from engine.env import EnvService
 from engine.hub import Hub
 from engine.logs import configure_logging
@@ -209,35 +208,35 @@ async def run_cluster(
                         curve.dir if curve else None,
                     )
                     supervisor.add(wname, argv)
-            async with connect_hub(inproc, name="scheduler", ctx=ctx, curve=curve) as client:
-                scheduler = Scheduler(
-                    client,
-                    cases,
-                    spec.rules,
-                    concurrency=spec.scheduler.concurrency,
-                    group_size=spec.scheduler.group_size,
-                    seed=spec.scheduler.seed,
-                )
-                head.scheduler = scheduler
-                head.broker = Broker(BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl")))
-                env = EnvService(scheduler, nursery)
-                for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
-                    await nursery.start(
-                        lambda a=actor, c=capacity, **kw: serve(
-                            a,
-                            inproc,
-                            name=f"{a.service}-head",
-                            capacity=c,
-                            ctx=ctx,
-                            curve=curve,
-                            heartbeat_s=spec.head.heartbeat_s,
-                            **kw,
-                        )
+            client = local_client(hub, "scheduler")
+            scheduler = Scheduler(
+                client,
+                cases,
+                spec.rules,
+                concurrency=spec.scheduler.concurrency,
+                group_size=spec.scheduler.group_size,
+                seed=spec.scheduler.seed,
+            )
+            head.scheduler = scheduler
+            head.broker = Broker(BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl")))
+            env = EnvService(scheduler, nursery)
+            for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
+                await nursery.start(
+                    lambda a=actor, c=capacity, **kw: serve(
+                        a,
+                        inproc,
+                        name=f"{a.service}-head",
+                        capacity=c,
+                        ctx=ctx,
+                        curve=curve,
+                        heartbeat_s=spec.head.heartbeat_s,
+                        **kw,
                     )
-                await wait_for_services(hub, spec, supervisor, ready_timeout_s)
-                log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
-                sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
-                summary = await drive(head, scheduler)
+                )
+            await wait_for_services(hub, spec, supervisor, ready_timeout_s)
+            log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
+            sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
+            summary = await drive(head, scheduler)
         finally:
             with trio.CancelScope(shield=True):
                 hub.shutdown_workers("cluster down")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -34,6 +35,7 @@ class Hub:
         self.curve = curve
         self.bound: list[str] = []
         self._socket: TrioSocket | None = None
+        self._local: dict[bytes, Callable[[list[bytes]], None]] = {}
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -59,6 +61,18 @@ class Hub:
             nursery.start_soon(self._clock)
             task_status.started(list(self.bound))
 
+    def attach_local(
+        self, identity: bytes, deliver: Callable[[list[bytes]], None]
+    ) -> Callable[[list[bytes]], None]:
+        """Connect an in-process peer: it gets frames addressed to `identity` through `deliver`
+        and sends by the returned function, with no socket in between."""
+        self._local[identity] = deliver
+
+        def send(frames: list[bytes]) -> None:
+            self._send(self.router.on_frames(identity, frames, trio.current_time()))
+
+        return send
+
     def shutdown_workers(self, reason: str) -> None:
         self._send(self.router.shutdown_all(reason))
 
@@ -72,8 +86,13 @@ class Hub:
     def _send(self, out: list[tuple[bytes, list[bytes]]]) -> None:
         assert self._socket is not None
         send = self._socket.send
+        local = self._local
         for identity, frames in out:
-            send([identity, *frames])
+            deliver = local.get(identity) if local else None
+            if deliver is not None:
+                deliver(frames)
+            else:
+                send([identity, *frames])
 
     async def _clock(self) -> None:
         period = self.router.config.heartbeat_s / 2

@@ -24,6 +24,11 @@ log = structlog.get_logger("engine.transport")
 
 DRAIN_BATCH = 1000  # messages received per wake-up before yielding to other tasks
 Frames = list[bytes]
+# Plain ints: pyzmq's flag enums cost a Python-level enum operation on every call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 class SocketClosed(Exception):
@@ -95,7 +100,7 @@ class TrioSocket:
                 received = 0
                 while received < DRAIN_BATCH:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(_NOBLOCK)
                     except zmq.Again:
                         break
                     received += 1
@@ -109,8 +114,8 @@ class TrioSocket:
                     await trio.lowlevel.checkpoint()
                     continue
                 # Nothing moved. Re-read EVENTS (this also re-arms the edge) before parking.
-                events = sock.getsockopt(zmq.EVENTS)
-                if events & zmq.POLLIN or (out and events & zmq.POLLOUT):
+                events = int(sock.getsockopt(_EVENTS))
+                if events & _POLLIN or (out and events & _POLLOUT):
                     continue
                 with trio.CancelScope() as park:
                     self._park = park
@@ -127,7 +132,7 @@ class TrioSocket:
         while out:
             frames = out[0]
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+                sock.send_multipart(frames, _NOBLOCK, copy=len(frames[-1]) < 65536)
             except zmq.Again:
                 break
             except zmq.ZMQError as exc:
