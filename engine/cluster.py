@@ -31,9 +31,9 @@ from engine.logs import configure_logging
 from engine.routing import RouterConfig
 from engine.scheduler import Scheduler
 from engine.security import SecurityError, check_bind, write_keys
-from engine.spec import ClusterSpec, load_spec
+from engine.spec import ClusterSpec, load_spec, worker_plan
 from engine.supervisor import Supervisor, worker_argv
-from engine.worker import resolve, serve
+from engine.worker import Hosted, resolve, serve
 from protocols import BrokerStats, BrokerStatsQuery, Case, Shutdown, Status, StatusQuery
 
 log = structlog.get_logger("engine.cluster")
@@ -193,22 +193,26 @@ async def run_cluster(
         try:
             await nursery.start(supervisor.run)
             python = spec.head.python or sys.executable
-            for name, service in spec.services.items():
-                for i in range(service.workers):
-                    wname = f"{name}-{i}"
-                    argv = worker_argv(
-                        python,
-                        tcp,
-                        service.actor,
-                        service.config,
-                        wname,
-                        service.capacity,
-                        spec.head.heartbeat_s,
-                        run_dir / "workers" / f"{wname}.jsonl",
-                        curve.dir if curve else None,
+            for wname, services in worker_plan(spec).items():
+                hosted = [
+                    Hosted(
+                        s.actor,
+                        s.config,
+                        s.capacity,
+                        f"{wname}.{n}" if n != services[0][0] else wname,
                     )
-                    supervisor.add(wname, argv)
-            client = local_client(hub, "scheduler")
+                    for n, s in services
+                ]
+                argv = worker_argv(
+                    python,
+                    tcp,
+                    hosted,
+                    spec.head.heartbeat_s,
+                    run_dir / "workers" / f"{wname}.jsonl",
+                    curve.dir if curve else None,
+                )
+                supervisor.add(wname, argv)
+            client = local_client(hub, nursery, "scheduler")
             scheduler = Scheduler(
                 client,
                 cases,

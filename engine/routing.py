@@ -32,6 +32,7 @@ from protocols import (
     VersionMismatch,
     Welcome,
     WorkerStatus,
+    check_pairs,
     decode,
     decode_envelope,
     encode,
@@ -104,35 +105,48 @@ class Router:
     # --- events -----------------------------------------------------------------------------
 
     def on_frames(self, identity: bytes, frames: list[bytes], now: float) -> list[Out]:
-        """One multipart message from a peer (ROUTER has already stripped its identity)."""
+        """One multipart message from a peer (ROUTER has already stripped its identity): one or
+        more (envelope, body) pairs."""
         out: list[Out] = []
         worker = self.workers.get(identity)
         if worker is not None:
             worker.last_seen = now
-        if len(frames) != 2:
-            self.bad_frames += 1
-            out.append(
-                _error(identity, 0, ErrorCode.BAD_MESSAGE, f"expected 2 frames, got {len(frames)}")
-            )
-            return out
         try:
-            env = decode_envelope(frames[0])
-        except VersionMismatch as exc:
-            self.bad_frames += 1
-            out.append(_error(identity, 0, ErrorCode.VERSION_MISMATCH, str(exc)))
-            return out
+            check_pairs(frames)
         except ProtocolError as exc:
             self.bad_frames += 1
             out.append(_error(identity, 0, ErrorCode.BAD_MESSAGE, str(exc)))
             return out
+        for i in range(0, len(frames), 2):
+            self._on_pair(identity, worker, frames[i], frames[i + 1], now, out)
+        return out
+
+    def _on_pair(
+        self,
+        identity: bytes,
+        worker: Worker | None,
+        header: bytes,
+        body: bytes,
+        now: float,
+        out: list[Out],
+    ) -> None:
+        try:
+            env = decode_envelope(header)
+        except VersionMismatch as exc:
+            self.bad_frames += 1
+            out.append(_error(identity, 0, ErrorCode.VERSION_MISMATCH, str(exc)))
+            return
+        except ProtocolError as exc:
+            self.bad_frames += 1
+            out.append(_error(identity, 0, ErrorCode.BAD_MESSAGE, str(exc)))
+            return
         kind = env.kind
         if kind is Kind.REQUEST:
-            self._on_request(identity, env.id, env.service, frames[1], now, out)
+            self._on_request(identity, env.id, env.service, body, now, out)
         elif kind is Kind.REPLY:
-            self._on_reply(frames[1], env.id, out)
+            self._on_reply(body, env.id, out)
         else:
-            self._on_control(identity, worker, env.id, frames[1], now, out)
-        return out
+            self._on_control(identity, worker, env.id, body, now, out)
 
     def on_unreachable(self, identity: bytes, now: float) -> list[Out]:
         """A send to this peer failed because it is gone (ROUTER_MANDATORY)."""

@@ -24,6 +24,7 @@ class ServiceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: int = 1  # worker processes
     capacity: int = 64  # concurrent requests each worker accepts
     config: dict[str, Any] = {}  # the actor's Config, checked by the actor
+    host: str = ""  # another service whose worker processes also run this one (saves processes)
 
 
 class HeadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,12 +60,31 @@ class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for name, service in self.services.items():
             if service.workers < 1 or service.capacity < 1:
                 raise ValueError(f"services.{name}: workers and capacity must be at least 1")
+            if service.host:
+                host = self.services.get(service.host)
+                if host is None or host.host:
+                    raise ValueError(
+                        f"services.{name}.host = {service.host!r} must name a service "
+                        "that is not itself hosted"
+                    )
         if self.scheduler.concurrency < 1 or self.scheduler.group_size < 1:
             raise ValueError("scheduler.concurrency and scheduler.group_size must be at least 1")
         if self.rules.dialect not in DIALECTS:
             raise ValueError(f"rules.dialect {self.rules.dialect!r} is not one of {DIALECTS}")
         if self.rules.max_turns < 1 or self.rules.attempts < 1:
             raise ValueError("rules.max_turns and rules.attempts must be at least 1")
+
+
+def worker_plan(spec: ClusterSpec) -> dict[str, list[tuple[str, ServiceSpec]]]:
+    """Worker process name -> the services it hosts (its own first, then hosted ones)."""
+    plan: dict[str, list[tuple[str, ServiceSpec]]] = {}
+    for name, service in spec.services.items():
+        if service.host:
+            continue
+        guests = [(n, s) for n, s in spec.services.items() if s.host == name]
+        for i in range(service.workers):
+            plan[f"{name}-{i}"] = [(name, service), *guests]
+    return plan
 
 
 def parse_spec(text: str, where: str = "spec") -> ClusterSpec:

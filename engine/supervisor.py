@@ -124,14 +124,12 @@ def _worker_env() -> dict[str, str]:
 def worker_argv(
     python_exe: str,
     hub: str,
-    actor: str,
-    config: Any,
-    name: str,
-    capacity: int,
+    hosted: list[Any],
     heartbeat_s: float,
     log_file: Path,
     curve_dir: str | None,
 ) -> list[str]:
+    """The command line of one worker process hosting `hosted` (engine.worker.Hosted)."""
     import msgspec
 
     argv = [
@@ -140,14 +138,8 @@ def worker_argv(
         "engine.worker",
         "--hub",
         hub,
-        "--actor",
-        actor,
-        "--config",
-        msgspec.json.encode(config).decode(),
-        "--name",
-        name,
-        "--capacity",
-        str(capacity),
+        "--actors",
+        msgspec.json.encode(hosted).decode(),
         "--heartbeat",
         str(heartbeat_s),
         "--log-file",

@@ -29,6 +29,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+_BATCH_FRAMES = 512  # at most this many frames merged into one ZeroMQ message
+_BATCH_BYTES = 1 << 20  # nor more than this many bytes (large frames go alone)
 
 
 class SocketClosed(Exception):
@@ -57,6 +59,8 @@ class TrioSocket:
 
     `on_message(frames)` is called synchronously by the owner for every multipart message
     received; it must not block (hand work to other tasks through channels or `start_soon`).
+    Messages queued for the same peer are sent merged into one multipart message, so frames
+    must be self-delimiting (dxsim's are (envelope, body) pairs).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class TrioSocket:
         self._out: collections.deque[Frames] = collections.deque()
         self._park: trio.CancelScope | None = None
         self._closed = False
+        self._routed = sock.type == zmq.ROUTER  # first frame names the peer
         self.sent = 0
         self.received = 0
 
@@ -128,15 +133,20 @@ class TrioSocket:
             sock.close(linger=0)
 
     def _flush(self, sock: zmq.Socket[Any], out: collections.deque[Frames]) -> bool:
+        """Send what is queued, merging messages for the same peer into one ZeroMQ message
+        (dxsim messages are frame pairs, so concatenation is lossless)."""
         sent = 0
+        routed = self._routed
         while out:
-            frames = out[0]
+            frames = out.popleft()
+            if len(out) and len(frames[-1]) < _BATCH_BYTES:
+                frames = self._merge(frames, out, routed)
             try:
                 sock.send_multipart(frames, _NOBLOCK, copy=len(frames[-1]) < 65536)
             except zmq.Again:
+                out.appendleft(frames)
                 break
             except zmq.ZMQError as exc:
-                out.popleft()
                 if exc.errno == zmq.EHOSTUNREACH:
                     if self._on_unreachable is not None:
                         self._on_unreachable(frames)
@@ -144,7 +154,25 @@ class TrioSocket:
                         log.debug("peer unreachable", socket=self.name)
                     continue
                 raise
-            out.popleft()
             sent += 1
         self.sent += sent
         return sent > 0
+
+    @staticmethod
+    def _merge(first: Frames, out: collections.deque[Frames], routed: bool) -> Frames:
+        """`first` plus the following queued messages to the same peer, up to a batch limit."""
+        merged = list(first)
+        size = sum(len(f) for f in first)
+        skipped: list[Frames] = []
+        while out and len(merged) < _BATCH_FRAMES and size < _BATCH_BYTES:
+            nxt = out.popleft()
+            if routed and nxt[0] != first[0]:
+                skipped.append(nxt)
+                if len(skipped) > _BATCH_FRAMES:
+                    break
+                continue
+            part = nxt[1:] if routed else nxt
+            merged.extend(part)
+            size += sum(len(f) for f in part)
+        out.extendleft(reversed(skipped))
+        return merged

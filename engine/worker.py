@@ -1,7 +1,8 @@
 """A worker: hosts one actor instance and serves its service's requests from the hub.
 
-Run in-process with `serve()` or as a process: `python -m engine.worker --hub ENDPOINT --actor
-actors.patient:RecordPatient [--config JSON] [--capacity N] [--name NAME]`. The worker repeats
+Run in-process with `serve()` or as a process hosting one or more actors:
+`python -m engine.worker --hub ENDPOINT --actors '[{"actor": "actors.judge:RulesJudge"}]'`.
+The worker repeats
 `Ready` every heartbeat period (that is its heartbeat), answers each request with the same id,
 turns handler failures into `Error` replies, and exits on `Shutdown`, when the hub has been silent
 for too long after a shutdown was requested, or when its parent process is gone.
@@ -33,6 +34,7 @@ from protocols import (
     ProtocolError,
     Ready,
     Shutdown,
+    check_pairs,
     decode,
     decode_envelope,
     encode,
@@ -83,26 +85,32 @@ class Worker:
         self._socket.send([encode_envelope(Kind.REPLY, msg_id), body])
 
     def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            log.warning("malformed frame from hub", worker=self.name, frames=len(frames))
-            return
         try:
-            env = decode_envelope(frames[0])
+            check_pairs(frames)
         except ProtocolError as exc:
-            log.warning("undecodable frame from hub", worker=self.name, error=str(exc))
+            log.warning("malformed message from hub", worker=self.name, error=str(exc))
             return
-        if env.kind is Kind.REQUEST:
-            self._on_request(env.id, frames[1])
-        elif env.kind is Kind.CONTROL:
+        for i in range(0, len(frames), 2):
             try:
-                msg = decode(frames[1])
-            except ProtocolError:
-                return
-            if isinstance(msg, Shutdown):
-                log.info("shutdown requested", worker=self.name, reason=msg.reason)
-                self._stop.set()
-            elif isinstance(msg, Error):
-                log.warning("hub error", worker=self.name, code=msg.code.name, error=msg.message)
+                env = decode_envelope(frames[i])
+            except ProtocolError as exc:
+                log.warning("undecodable frame from hub", worker=self.name, error=str(exc))
+                continue
+            if env.kind is Kind.REQUEST:
+                self._on_request(env.id, frames[i + 1])
+            elif env.kind is Kind.CONTROL:
+                self._on_control(frames[i + 1])
+
+    def _on_control(self, body: bytes) -> None:
+        try:
+            msg = decode(body)
+        except ProtocolError:
+            return
+        if isinstance(msg, Shutdown):
+            log.info("shutdown requested", worker=self.name, reason=msg.reason)
+            self._stop.set()
+        elif isinstance(msg, Error):
+            log.warning("hub error", worker=self.name, code=msg.code.name, error=msg.message)
 
     def _on_request(self, msg_id: int, body: bytes) -> None:
         try:
@@ -202,37 +210,52 @@ async def serve(
         log.info("worker stopped", served=worker.served, failed=worker.failed)
 
 
+class Hosted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One actor of a worker process."""
+
+    actor: str
+    config: dict[str, Any] = {}
+    capacity: int = 64
+    name: str = ""
+
+
+async def serve_all(hosted: list[tuple[Actor, Hosted]], endpoint: str, **kwargs: Any) -> None:
+    """Several actors in one process, each with its own socket; one stopping stops them all."""
+    async with trio.open_nursery() as nursery:
+        for actor, h in hosted:
+            nursery.start_soon(
+                lambda a=actor, h=h: _serve_then_cancel(a, endpoint, h, nursery, kwargs)
+            )
+
+
+async def _serve_then_cancel(
+    actor: Actor, endpoint: str, h: Hosted, nursery: trio.Nursery, kwargs: dict[str, Any]
+) -> None:
+    await serve(actor, endpoint, name=h.name or None, capacity=h.capacity, **kwargs)
+    nursery.cancel_scope.cancel()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.worker", description=__doc__)
     parser.add_argument("--hub", required=True, help="hub endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument(
-        "--actor", required=True, help="import string, e.g. actors.judge:RulesJudge"
+        "--actors",
+        required=True,
+        help='JSON list of {"actor": "module:Class", "config": {}, "capacity": 64, "name": ""}',
     )
-    parser.add_argument("--config", default="{}", help="actor configuration as JSON")
-    parser.add_argument("--capacity", type=int, default=64)
-    parser.add_argument("--name", default=None)
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--curve-dir", default=None, help="directory of CURVE keys")
     parser.add_argument("--log-file", default=None)
     args = parser.parse_args(argv)
     configure_logging(args.log_file, console_level="warning")
     try:
-        config = msgspec.json.decode(args.config.encode())
-        actor = build_actor(args.actor, config)
-    except (ConfigError, msgspec.DecodeError) as exc:
+        hosted = msgspec.json.decode(args.actors.encode(), type=list[Hosted])
+        actors = [(build_actor(h.actor, h.config), h) for h in hosted]
+    except (ConfigError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         sys.stderr.write(f"engine.worker: {exc}\n")
         return 2
     curve = CurveKeys(args.curve_dir) if args.curve_dir else None
-    trio.run(
-        lambda: serve(
-            actor,
-            args.hub,
-            name=args.name,
-            capacity=args.capacity,
-            curve=curve,
-            heartbeat_s=args.heartbeat,
-        )
-    )
+    trio.run(lambda: serve_all(actors, args.hub, curve=curve, heartbeat_s=args.heartbeat))
     return 0
 
 
