@@ -22,7 +22,7 @@ import structlog
 import trio
 import zmq
 
-from engine.actor import Actor, ConfigError, handles
+from engine.actor import Actor, ConfigError, convert_config, handles
 from engine.broker import Broker, BrokerConfig
 from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient, local_client
 from engine.env import EnvService
@@ -115,6 +115,20 @@ def load_cases(spec: ClusterSpec) -> list[Case]:
     return cases
 
 
+def check_services(spec: ClusterSpec) -> None:
+    """Every actor imports and its configuration fits, before any process starts."""
+    for name, service in spec.services.items():
+        cls = resolve(service.actor)
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise ConfigError(
+                f"services.{name}.actor {service.actor!r} is not an engine.actor.Actor"
+            )
+        if cls.Config is not None:
+            convert_config(cls.Config, service.config, f"services.{name}.config")
+        elif service.config:
+            raise ConfigError(f"services.{name}: {cls.__name__} takes no config")
+
+
 def new_run_dir(base: str) -> Path:
     root = Path(base)
     root.mkdir(parents=True, exist_ok=True)
@@ -168,6 +182,7 @@ async def run_cluster(
 ) -> dict[str, Any]:
     """`up`: run the spec to completion (or until `down`); returns the summary."""
     check_bind(spec.head.bind, spec.head.curve)
+    check_services(spec)
     cases = load_cases(spec)
     run_dir = new_run_dir(spec.run_dir)
     configure_logging(run_dir / "head.jsonl", console_level="warning")

@@ -183,7 +183,10 @@ async def serve(
     name = name or f"{actor.service}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     structlog.contextvars.bind_contextvars(worker=name, service=actor.service)
     await actor.start()
-    sock = make_socket(ctx or zmq.Context.instance(), zmq.DEALER, identity=name.encode())
+    # A fresh identity per incarnation: a restarted worker must not inherit the requests its
+    # killed predecessor held; the hub re-sends those once the old identity misses its beats.
+    identity = f"{name}/{uuid.uuid4().hex[:8]}".encode()
+    sock = make_socket(ctx or zmq.Context.instance(), zmq.DEALER, identity=identity)
     if curve is not None:
         apply_client(sock, curve)
     sock.connect(endpoint)
