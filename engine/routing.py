@@ -292,7 +292,8 @@ class Router:
         self.dead_workers += 1
         retry = sorted(worker.in_flight.values(), key=lambda p: p.route)
         worker.in_flight.clear()
-        log.warning(
+        report = log.info if why.startswith("shut down") and not retry else log.warning
+        report(
             "worker removed",
             worker=worker.name,
             service=worker.service,

@@ -32,7 +32,9 @@ from tests.fakes import answer, tiny_case, verdict
 
 actions = st.one_of(
     st.builds(AskPatient, st.text(max_size=20)),
-    st.builds(OrderExam, st.lists(st.sampled_from(["cbc", "chest x-ray", "", " CBC "]), max_size=4)),
+    st.builds(
+        OrderExam, st.lists(st.sampled_from(["cbc", "chest x-ray", "", " CBC "]), max_size=4)
+    ),
     st.builds(Diagnose, st.sampled_from(["pneumonia", "asthma"])),
 )
 agent_replies = st.one_of(
@@ -79,7 +81,9 @@ class EpisodeMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def actor_answers_nonsense(self, data: st.DataObject) -> None:
         assert self.call is not None
-        wrong = data.draw(st.sampled_from([[], [PatientReply("x"), PatientReply("y")], [verdict()]]))
+        wrong = data.draw(
+            st.sampled_from([[], [PatientReply("x"), PatientReply("y")], [verdict()]])
+        )
         try:
             self._take(self.episode.advance(wrong))
         except EpisodeError as exc:  # the runner turns this into fail()

@@ -1,0 +1,361 @@
+"""`RecordPatient`: answers the agent's questions from the case's structured history.
+
+Progressive disclosure: each question is matched to one part of the history (age, sex, chief
+complaint, onset, past history, medications, allergies, family, social) or to the symptoms it
+names, and only that part is answered, in the first person. A symptom the case lists as absent,
+or one it does not list, is denied; a question that matches nothing gets an "I'm not sure what you
+mean" answer. The patient never names the diagnosis: questions about it are deflected, and every
+reply is scanned and redacted (`leaked=True` when a redaction was needed).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from cases.bank import CONDITIONS, condition_terms
+from cases.symptoms import SYMPTOMS, find_symptoms
+from cases.text import mentions, redact, stems
+from engine.actor import Actor, handles
+from protocols.case import Case, Symptom
+from protocols.messages import PatientQuestion, PatientReply
+
+__all__ = ["RecordPatient", "answer_question", "diagnosis_terms"]
+
+UNCLEAR = "I'm sorry, I'm not sure what you mean. Could you ask me that another way?"
+DEFLECT = (
+    "I really don't know what's causing it, doctor. That's what I was hoping you could tell me."
+)
+NOTHING_LIKE_THAT = "No, I haven't noticed anything like that."
+
+
+def _keys(*words: str) -> frozenset[str]:
+    return frozenset(stems(" ".join(words)))
+
+
+_ALLERGY = _keys("allergy allergies allergic allergen reaction reactions intolerant")
+_FAMILY = _keys(
+    "family mother father mom mum dad parent parents sibling siblings brother brothers sister "
+    "sisters relative relatives grandparents grandmother grandfather hereditary genetic inherited"
+)
+_MEDICATION = _keys(
+    "medication medications medicine medicines meds pill pills tablet tablets prescription "
+    "prescriptions prescribed inhaler inhalers insulin supplements"
+)
+_DRUG_WORDS = _keys("drug drugs")
+_RECREATIONAL = _keys("recreational illicit illegal street cannabis marijuana cocaine heroin weed")
+_PAST = _keys(
+    "history medical diagnosed condition conditions illness illnesses surgery surgeries "
+    "operation operations hospitalized hospitalised admitted chronic"
+)
+_DIAGNOSIS_Q = _keys("diagnosis diagnose cause causing caused")
+_AGE = _keys("age old born birthday")
+_SEX = _keys("gender male female man woman")
+_ONSET = _keys("when long start started starting begin began beginning onset since duration first")
+_COMPLAINT = _keys(
+    "brings brought bring problem problems trouble complaint complaints wrong help matter happened "
+    "concern concerns describe symptom symptoms today feeling tell going visit"
+)
+_YESNO_STARTS = (
+    ("do", "you"),
+    ("have", "you"),
+    ("are", "you"),
+    ("did", "you"),
+    ("any",),
+    ("is", "there"),
+    ("does", "it"),
+    ("has", "there"),
+)
+_STOP = _keys(
+    "a an the and or of to in on at for with about any anything some your you i me my is are was "
+    "were be been have has had do does did can could would will please tell ever been there it "
+    "this that what how when where which who why feel feeling noticed notice experienced "
+    "experiencing get got having recently lately currently now today doctor okay ok so also"
+)
+
+# social topics: question keywords, keywords that mark a matching history item, the default answer
+_SOCIAL_TOPICS: tuple[tuple[frozenset[str], tuple[str, ...], str], ...] = (
+    (
+        _keys("smoke smoking smoker smokers cigarette cigarettes tobacco vape vaping cigar"),
+        ("smok", "cigar", "tobacco", "pack"),
+        "No, I don't smoke.",
+    ),
+    (
+        _keys("alcohol drink drinks drinking drinker beer beers wine spirits booze"),
+        ("drink", "alcohol", "beer", "wine", "spirits"),
+        "I don't really drink.",
+    ),
+    (
+        _RECREATIONAL,
+        ("cannabis", "cocaine", "drugs", "heroin"),
+        "No, I don't use any recreational drugs.",
+    ),
+    (
+        _keys(
+            "work job jobs occupation employed employment profession retired student living career"
+        ),
+        ("I work", "I'm a", "I'm an", "I'm retired", "I drive", "student"),
+        "I'd rather not go into my work, it isn't relevant.",
+    ),
+    (
+        _keys(
+            "travel travelled traveled traveling travelling trip trips abroad flight flights "
+            "flew holiday vacation overseas"
+        ),
+        ("flight", "travel", "trip", "abroad", "holiday"),
+        "No, I haven't travelled anywhere recently.",
+    ),
+    (
+        _keys("diet eat eats food foods vegetarian vegan coffee caffeine"),
+        ("vegetarian", "vegan", "coffee", "eat"),
+        "I eat a fairly normal diet.",
+    ),
+    (
+        _keys("contact contacts sick ill unwell exposed exposure household outbreak"),
+        ("people at my", "kids", "tested positive", "same illness", "off school"),
+        "Not that I know of.",
+    ),
+    (
+        _keys(
+            "outdoors outdoor hiking hike camping camp woods forest garden gardening pets pet "
+            "animal animals cat cats dog dogs"
+        ),
+        ("camping", "hiking", "woods", "cat", "dog"),
+        "Nothing unusual there.",
+    ),
+    (
+        _keys("live lives living home alone partner married spouse husband wife"),
+        ("I live",),
+        "I live at home.",
+    ),
+    (
+        _keys("sexual sexually sex partners"),
+        (),
+        "Nothing unusual there; I'm in a steady relationship.",
+    ),
+)
+_SOCIAL_GENERIC = _keys("social lifestyle habits habit routine")
+
+_ONSET_RE = re.compile(
+    r"\bfor ((?:about |around |roughly |nearly |almost |a few |several |the (?:past|last) )?"
+    r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|a couple of)?\s*"
+    r"(?:hours?|days?|weeks?|months?|years?))\b",
+    re.IGNORECASE,
+)
+
+
+@functools.cache
+def _bank_terms() -> dict[str, tuple[str, ...]]:
+    return {c.name: condition_terms(c) for c in CONDITIONS}
+
+
+@functools.cache
+def _all_condition_terms() -> tuple[str, ...]:
+    return tuple(t for terms in _bank_terms().values() for t in terms)
+
+
+def diagnosis_terms(case: Case) -> tuple[str, ...]:
+    """Every name of the case's diagnosis the patient must never say."""
+    terms = [case.diagnosis.name, *case.diagnosis.synonyms]
+    terms.extend(_bank_terms().get(case.diagnosis.name, ()))
+    return tuple(dict.fromkeys(t for t in terms if t.strip()))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _bare(noun: str) -> str:
+    for article in ("any ", "a "):
+        if noun.startswith(article):
+            return noun[len(article) :]
+    return noun
+
+
+def _onset(case: Case) -> str:
+    m = _ONSET_RE.search(case.profile.history_of_present_illness)
+    return m.group(1) if m else ""
+
+
+def _canonical(sym: Symptom) -> str:
+    if sym.name in SYMPTOMS:
+        return sym.name
+    found = find_symptoms(sym.name)
+    return found[0] if found else sym.name
+
+
+def _symptom_reply(name: str, sym: Symptom | None) -> str:
+    info = SYMPTOMS.get(name)
+    if sym is not None and sym.present:
+        detail = sym.detail.strip().rstrip(".")
+        if detail:
+            if not detail.startswith(("I ", "I'")):
+                detail = detail[0].lower() + detail[1:]
+            return f"Yes, {detail}."
+        noun = _bare(info.noun) if info else sym.name
+        return f"Yes, I've had {noun}."
+    if info is not None:
+        return f"No, I haven't had {info.noun}."
+    return f"No, I haven't had {sym.name if sym else name}."
+
+
+def answer_question(case: Case, question: str) -> str:
+    """The patient's reply before redaction (pure function of the case and the question)."""
+    tokens = stems(question)
+    if not tokens:
+        return UNCLEAR
+    tset = set(tokens)
+    profile = case.profile
+    content = [t for t in tokens if t not in _STOP]
+
+    # 1. allergies, family, medications: explicit history sections
+    if tset & _ALLERGY:
+        if profile.allergies:
+            return f"Yes, I'm allergic to {_join(profile.allergies)}."
+        return "No, I don't have any allergies that I know of."
+    if tset & _FAMILY:
+        if profile.family_history:
+            return _sentence(_join(profile.family_history))
+        return "No, nothing runs in my family that I know of."
+    if (tset & _MEDICATION) or ((tset & _DRUG_WORDS) and not (tset & _RECREATIONAL)):
+        if profile.medications:
+            return f"I take {_join(profile.medications)}."
+        return "I don't take any regular medications."
+
+    # 2. symptoms the question names
+    named = find_symptoms(question)
+    if named and not (tset & _PAST and not _is_yes_no(tokens)):
+        by_name: dict[str, Symptom] = {}
+        for s in profile.symptoms:
+            by_name.setdefault(_canonical(s), s)
+        return " ".join(_symptom_reply(n, by_name.get(n)) for n in named)
+
+    # 3. past medical history (specific item, or the whole list)
+    if tset & _PAST or (_is_yes_no(tokens) and _mentions_past_item(case, content)):
+        return _past_reply(case, content)
+
+    # 4. the diagnosis itself, or any condition by name: deflect
+    if tset & _DIAGNOSIS_Q or _names_condition(question):
+        return DEFLECT
+
+    # 5. social history
+    social = _social_reply(case, tset)
+    if social:
+        return social
+
+    # 6. demographics, onset, complaint
+    if tset & _AGE and ("old" in tset or "age" in tset or "born" in tset):
+        return f"I'm {profile.demographics.age} years old."
+    if tset & _SEX:
+        sex = profile.demographics.sex
+        return {"female": "I'm a woman.", "male": "I'm a man."}.get(sex, f"I'm {sex}.")
+    onset = _onset(case)
+    if tset & _ONSET:
+        if onset:
+            return f"It started {onset} ago."
+        return "I'm not exactly sure when it started, a little while ago."
+    if tset & _COMPLAINT:
+        return _complaint_reply(case, onset)
+
+    # 7. free-text symptom names of cases from other sources, or a generic word like "pain"
+    overlap = _present_by_words(case, content)
+    if overlap is not None:
+        return _symptom_reply(_canonical(overlap), overlap)
+    if _is_yes_no(tokens) and content:
+        return NOTHING_LIKE_THAT
+    return UNCLEAR
+
+
+def _is_yes_no(tokens: list[str]) -> bool:
+    return any(tuple(tokens[: len(p)]) == p for p in _YESNO_STARTS)
+
+
+def _names_condition(question: str) -> bool:
+    return mentions(question, _all_condition_terms())
+
+
+def _mentions_past_item(case: Case, content: list[str]) -> bool:
+    items = [*case.profile.past_history, *case.profile.medications]
+    words = {w for item in items for w in stems(item) if w not in _STOP}
+    return any(w in words for w in content)
+
+
+def _past_reply(case: Case, content: list[str]) -> str:
+    past = case.profile.past_history
+    generic = _keys("history medical condition conditions illness illnesses problems chronic past")
+    specific = [w for w in content if w not in generic and w not in _PAST]
+    if specific:
+        hits = [item for item in past if set(stems(item)) & set(specific)]
+        if hits:
+            return f"Yes, I've had {_join(hits)}."
+        return "No, I haven't had anything like that before."
+    if past:
+        return f"I've had {_join(past)}."
+    return "I've been healthy, I don't have any medical problems."
+
+
+def _social_reply(case: Case, tset: set[str]) -> str:
+    social = case.profile.social_history
+    if tset & _SOCIAL_GENERIC:
+        return " ".join(_sentence(s) for s in social) if social else "Nothing special to mention."
+    for keys, markers, default in _SOCIAL_TOPICS:
+        if tset & keys:
+            lower = [s for s in social if any(_has_marker(s, m) for m in markers)]
+            if lower:
+                return " ".join(_sentence(s) for s in lower)
+            return default
+    return ""
+
+
+def _has_marker(text: str, marker: str) -> bool:
+    return re.search(r"(?<![a-z])" + re.escape(marker.lower()), text.lower()) is not None
+
+
+def _complaint_reply(case: Case, onset: str) -> str:
+    profile = case.profile
+    text = f"I've come in because of {profile.chief_complaint}." if profile.chief_complaint else ""
+    cc = find_symptoms(profile.chief_complaint)
+    detail = next(
+        (s.detail for s in profile.symptoms if s.present and s.detail and _canonical(s) in cc), ""
+    )
+    if detail:
+        text += " " + _sentence(detail)
+    elif onset:
+        text += f" It started {onset} ago."
+    return text.strip() or "I just haven't been feeling right."
+
+
+def _present_by_words(case: Case, content: list[str]) -> Symptom | None:
+    if not content:
+        return None
+    cset = set(content)
+    for s in case.profile.symptoms:
+        words = {w for w in stems(s.name) if w not in _STOP}
+        if words and words <= cset:
+            return s
+    for s in case.profile.symptoms:
+        if s.present and cset & {w for w in stems(s.name) if w not in _STOP}:
+            return s
+    return None
+
+
+class RecordPatient(Actor):
+    """Service "patient": `PatientQuestion` -> `PatientReply`, from the case record."""
+
+    service = "patient"
+
+    @handles(PatientQuestion)
+    def answer(self, request: PatientQuestion) -> PatientReply:
+        text = answer_question(request.case, request.question)
+        text, leaked = redact(text, diagnosis_terms(request.case), "that")
+        return PatientReply(text=text, leaked=leaked)
