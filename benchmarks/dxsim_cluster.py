@@ -20,8 +20,8 @@ import zmq
 from engine.client import HubClient, local_client
 from engine.hub import Hub
 from engine.routing import RouterConfig
+from engine.spec import Hosted
 from engine.supervisor import Supervisor, worker_argv
-from engine.worker import Hosted
 
 INSTANT = {
     "agent": "benchmarks.instant:InstantAgent",

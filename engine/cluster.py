@@ -31,9 +31,9 @@ from engine.logs import configure_logging
 from engine.routing import RouterConfig
 from engine.scheduler import Scheduler
 from engine.security import SecurityError, check_bind, write_keys
-from engine.spec import ClusterSpec, load_spec, worker_plan
+from engine.spec import ClusterSpec, Hosted, load_spec, worker_plan
 from engine.supervisor import Supervisor, worker_argv
-from engine.worker import Hosted, resolve, serve
+from engine.worker import resolve, serve
 from protocols import BrokerStats, BrokerStatsQuery, Case, Shutdown, Status, StatusQuery
 
 log = structlog.get_logger("engine.cluster")
@@ -210,13 +210,8 @@ async def run_cluster(
             python = spec.head.python or sys.executable
             for wname, services in worker_plan(spec).items():
                 hosted = [
-                    Hosted(
-                        s.actor,
-                        s.config,
-                        s.capacity,
-                        f"{wname}.{n}" if n != services[0][0] else wname,
-                    )
-                    for n, s in services
+                    Hosted(s.actor, s.config, s.capacity, f"{wname}.{n}" if i else wname)
+                    for i, (n, s) in enumerate(services)
                 ]
                 argv = worker_argv(
                     python,
@@ -257,6 +252,7 @@ async def run_cluster(
             sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
             summary = await drive(head, scheduler)
         finally:
+            (run_dir / "head.json").unlink(missing_ok=True)  # `status` now says: not running
             with trio.CancelScope(shield=True):
                 hub.shutdown_workers("cluster down")
                 await supervisor.stop()

@@ -27,6 +27,15 @@ class ServiceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = ""  # another service whose worker processes also run this one (saves processes)
 
 
+class Hosted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One actor of a worker process (the `--actors` list of `engine.worker`)."""
+
+    actor: str
+    config: dict[str, Any] = {}
+    capacity: int = 64
+    name: str = ""
+
+
 class HeadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bind: str = "tcp://127.0.0.1:*"  # `*` picks a free port
     heartbeat_s: float = 1.0

@@ -26,6 +26,7 @@ import zmq
 from engine.actor import Actor, ActorError, ConfigError, is_async
 from engine.logs import configure_logging
 from engine.security import CurveKeys, apply_client
+from engine.spec import Hosted
 from engine.transport import TrioSocket, make_socket
 from protocols import (
     Error,
@@ -211,15 +212,6 @@ async def serve(
     finally:
         await actor.close()
         log.info("worker stopped", served=worker.served, failed=worker.failed)
-
-
-class Hosted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One actor of a worker process."""
-
-    actor: str
-    config: dict[str, Any] = {}
-    capacity: int = 64
-    name: str = ""
 
 
 async def serve_all(hosted: list[tuple[Actor, Hosted]], endpoint: str, **kwargs: Any) -> None:

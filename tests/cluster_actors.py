@@ -1,4 +1,4 @@
-"""Cheap actors for cluster tests, named by import string in test specs (`tests.cluster_actors:X`)."""
+"""Cheap actors for cluster tests, named in test specs as `tests.cluster_actors:X`."""
 
 from __future__ import annotations
 

@@ -235,3 +235,11 @@ def test_arrays_are_little_endian() -> None:
     assert arrays.pack_floats([1.0]) == b"\x00\x00\x80\x3f"
     assert math.isnan(arrays.unpack_floats(arrays.pack_floats([math.nan]))[0])
     assert arrays.unpack_ids(b"") == [] and arrays.unpack_floats(b"") == []
+
+
+def test_ragged_arrays_are_protocol_errors() -> None:
+    for bad in (b"\x01", b"\x01\x02\x03\x04\x05"):
+        with pytest.raises(codec.ProtocolError, match="4-byte"):
+            arrays.unpack_ids(bad)
+        with pytest.raises(codec.ProtocolError, match="4-byte"):
+            arrays.unpack_floats(bad)

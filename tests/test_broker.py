@@ -1,0 +1,46 @@
+"""The first rollout broker: duplicates dropped, only complete groups handed out, leases acked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.actor import ActorError
+from engine.broker import Broker, BrokerConfig
+from protocols import Ack, BrokerStatsQuery, ErrorCode, Publish, Pull, Terminal, Trajectory
+
+
+def traj(group: str, sample: int, size: int) -> Trajectory:
+    return Trajectory(
+        id=f"{group}.{sample}/t",
+        episode_id=f"{group}.{sample}",
+        case_id="c",
+        group_id=group,
+        sample=sample,
+        group_size=size,
+        turns=[],
+        terminal=Terminal.TRUNCATED,
+        reason="turn cap",
+    )
+
+
+async def test_groups_leases_and_duplicates(tmp_path) -> None:  # noqa: ANN001
+    broker = Broker(BrokerConfig(jsonl=str(tmp_path / "t.jsonl")))
+    await broker.start()
+    assert broker.publish(Publish(traj("g1", 1, 2))).duplicate is False
+    assert broker.pull(Pull(max_groups=5)).groups == []  # g1 is not complete yet
+    assert broker.publish(Publish(traj("g1", 1, 2))).duplicate is True
+    broker.publish(Publish(traj("g1", 0, 2)))
+    broker.publish(Publish(traj("g2", 0, 1)))
+    got = broker.pull(Pull(max_groups=1))
+    assert [[t.sample for t in g] for g in got.groups] == [[0, 1]] and got.lease
+    stats = broker.stats(BrokerStatsQuery())
+    assert (stats.received, stats.duplicates, stats.pending, stats.leased) == (3, 1, 1, 2)
+    assert broker.ack(Ack(got.lease)).count == 2
+    with pytest.raises(ActorError) as exc:
+        broker.ack(Ack(got.lease))
+    assert exc.value.code is ErrorCode.NOT_FOUND
+    await broker.close()
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == ["g1.0/t", "g1.1/t", "g2.0/t"]
