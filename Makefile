@@ -15,12 +15,13 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# torch is pinned to the CPU build in pyproject.toml; an unpinned torch would pull CUDA.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,clinical,train,embed]'
 	touch $@ $(VENV)/.core
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,clinical,train,embed,bench]'
 	touch $@ $(VENV)/.dev $(VENV)/.core
 
 run: $(VENV)/.core
