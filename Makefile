@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    installs the core and runs the embedded default cluster
+#   make run    installs the core (+ clinical extra) and runs the embedded default cluster
 #   make test   installs the test dependencies and runs lint, layer checks and the tests
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,8 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The default cluster's world-model Examiner uses numpy (the `clinical` extra).
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[clinical]'
 	touch $@
 
 # torch is pinned to the CPU build in pyproject.toml; an unpinned torch would pull CUDA.

@@ -1,11 +1,19 @@
-"""`RecordPatient`: answers the agent's questions from the case's structured history.
+"""Patients: answer the agent's questions about the case's history, never naming the diagnosis.
 
-Progressive disclosure: each question is matched to one part of the history (age, sex, chief
-complaint, onset, past history, medications, allergies, family, social) or to the symptoms it
-names, and only that part is answered, in the first person. A symptom the case lists as absent,
-or one it does not list, is denied; a question that matches nothing gets an "I'm not sure what you
-mean" answer. The patient never names the diagnosis: questions about it are deflected, and every
-reply is scanned and redacted (`leaked=True` when a redaction was needed).
+`RecordPatient` (`actors.patient:RecordPatient`, the embedded default) answers from the case's
+structured history with progressive disclosure: a question is split into its parts ("Any
+allergies, and what medications do you take?" has two; "Do you smoke or drink?" names two social
+topics), each part is matched to one part of the history (age, sex, chief complaint, onset, past
+history, medications, allergies, family, social) or to the symptoms (DDXPlus-style evidences
+included) it names, and only that is answered, in the first person. A symptom the case lists as
+absent, or one it does not list, is denied; a question that matches nothing gets an "I'm not sure
+what you mean" answer. Patients do not know their test results: a question about a lab value, an
+image or a culture gets "I don't know" (the Examiner holds the results). The patient never names
+the diagnosis: questions about it are deflected, and every reply is scanned and redacted
+(`leaked=True` when a redaction was needed).
+
+`LLMPatient` (`actors.patient:LLMPatient`) role-plays through an OpenAI-compatible chat endpoint
+from the profile only; see its docstring.
 """
 
 from __future__ import annotations
@@ -13,20 +21,36 @@ from __future__ import annotations
 import functools
 import re
 
+import msgspec
+import structlog
+
+from actors.openai_api import EndpointConfig, LLMError, OpenAIEndpoint
 from cases.bank import CONDITIONS, condition_terms
 from cases.symptoms import SYMPTOMS, find_symptoms
-from cases.text import mentions, redact, stems
-from engine.actor import Actor, handles
+from cases.text import contains_phrase, redact, stems
+from engine.actor import Actor, ActorError, handles
+from protocols import ErrorCode
 from protocols.case import Case, Symptom
 from protocols.messages import PatientQuestion, PatientReply
 
-__all__ = ["RecordPatient", "answer_question", "diagnosis_terms"]
+__all__ = [
+    "LLMPatient",
+    "LLMPatientConfig",
+    "RecordPatient",
+    "answer_question",
+    "diagnosis_terms",
+    "leak_terms",
+    "split_question",
+]
+
+log = structlog.get_logger("actors.patient")
 
 UNCLEAR = "I'm sorry, I'm not sure what you mean. Could you ask me that another way?"
 DEFLECT = (
     "I really don't know what's causing it, doctor. That's what I was hoping you could tell me."
 )
 NOTHING_LIKE_THAT = "No, I haven't noticed anything like that."
+NO_RESULTS = "I don't know anything about test results, doctor. You'd have to check those."
 
 
 def _keys(*words: str) -> frozenset[str]:
@@ -209,8 +233,113 @@ def _symptom_reply(name: str, sym: Symptom | None) -> str:
     return f"No, I haven't had {sym.name if sym else name}."
 
 
+_PART_SPLIT = re.compile(
+    r"[?!;]+|\.(?:\s+|$)|,?\s+and\s+(?=(?:do|does|did|are|is|was|were|have|has|"
+    r"had|what|when|how|any|where|which|who|why|can|could|would|tell)\b)",
+    re.IGNORECASE,
+)
+_RESULT_WORDS = _keys(
+    "result results level levels value values reading readings lab labs bloodwork test tests "
+    "tested scan scans xray x-ray imaging culture cultures count"
+)
+
+
+def split_question(question: str) -> list[str]:
+    """The parts of a multi-part question: sentences, and clauses joined by "and" + a question
+    word ("How old are you and when did it start?"). "A or B" stays one part."""
+    return [p.strip() for p in _PART_SPLIT.split(question) if p and p.strip()]
+
+
 def answer_question(case: Case, question: str) -> str:
-    """The patient's reply before redaction (pure function of the case and the question)."""
+    """The patient's reply before redaction (pure function of the case and the question).
+
+    Each part of a multi-part question is answered on its own; parts that match nothing are
+    dropped when another part matched, and repeated sentences are said once.
+    """
+    parts = split_question(question)
+    if len(parts) <= 1:
+        return _answer_part(case, question)
+    replies = [_answer_part(case, p) for p in parts]
+    known = list(dict.fromkeys(r for r in replies if r != UNCLEAR))
+    return " ".join(known) if known else UNCLEAR
+
+
+@functools.cache
+def _exam_terms() -> tuple[str, ...]:
+    """Names and aliases of the catalogue's tests (not the physical examination)."""
+    from cases.catalogue import default_catalogue
+    from cases.symptoms import symptom_phrases
+
+    phrases = list(symptom_phrases())
+    terms: list[str] = []
+    for e in default_catalogue().entries:
+        if e.category == "physical":
+            continue
+        for t in (e.name, *e.aliases):
+            toks = stems(t)
+            if len("".join(toks)) < 3 or any(contains_phrase(p, toks) for p in phrases):
+                continue  # too short to be safe, or inside a symptom's name ("FIT" in "fits")
+            terms.append(t)
+    return tuple(dict.fromkeys(terms))
+
+
+_PhraseTable = dict[str, tuple[tuple[str, ...], ...]]
+
+
+def _phrase_table(terms: tuple[str, ...]) -> _PhraseTable:
+    """First stem -> the stemmed terms starting with it, longest first (fast whole-word search)."""
+    table: dict[str, list[tuple[str, ...]]] = {}
+    for t in terms:
+        toks = tuple(stems(t))
+        if toks:
+            table.setdefault(toks[0], []).append(toks)
+    return {k: tuple(sorted(set(v), key=len, reverse=True)) for k, v in table.items()}
+
+
+@functools.cache
+def _exam_phrases() -> _PhraseTable:
+    return _phrase_table(_exam_terms())
+
+
+@functools.cache
+def _condition_phrases() -> _PhraseTable:
+    return _phrase_table(_all_condition_terms())
+
+
+def _spans(tokens: list[str], table: _PhraseTable) -> list[tuple[int, int]]:
+    """(start, end) of every term of `table` in `tokens`, longest match first, left to right."""
+    spans: list[tuple[int, int]] = []
+    i = 0
+    while i < len(tokens):
+        for phrase in table.get(tokens[i], ()):
+            if tuple(tokens[i : i + len(phrase)]) == phrase:
+                spans.append((i, i + len(phrase)))
+                i += len(phrase)
+                break
+        else:
+            i += 1
+    return spans
+
+
+def _test_spans(tokens: list[str]) -> list[tuple[int, int]]:
+    return _spans(tokens, _exam_phrases())
+
+
+def _without_tests(question: str) -> str:
+    """The question with test names removed: "sputum culture" does not ask about sputum."""
+    tokens = stems(question)
+    spans = _test_spans(tokens)
+    if not spans:
+        return question
+    drop = {i for a, b in spans for i in range(a, b)}
+    return " ".join(t for i, t in enumerate(tokens) if i not in drop)
+
+
+def _asks_about_tests(question: str, tset: set[str]) -> bool:
+    return bool(tset & _RESULT_WORDS) or bool(_test_spans(stems(question)))
+
+
+def _answer_part(case: Case, question: str) -> str:
     tokens = stems(question)
     if not tokens:
         return UNCLEAR
@@ -233,7 +362,7 @@ def answer_question(case: Case, question: str) -> str:
         return "I don't take any regular medications."
 
     # 2. symptoms the question names
-    named = find_symptoms(question)
+    named = find_symptoms(_without_tests(question))
     if named and not (tset & _PAST and not _is_yes_no(tokens)):
         by_name: dict[str, Symptom] = {}
         for s in profile.symptoms:
@@ -253,7 +382,11 @@ def answer_question(case: Case, question: str) -> str:
     if social:
         return social
 
-    # 6. demographics, onset, complaint
+    # 6. test results: the patient does not know them (the Examiner does)
+    if _asks_about_tests(question, tset):
+        return NO_RESULTS
+
+    # 7. demographics, onset, complaint
     if tset & _AGE and ("old" in tset or "age" in tset or "born" in tset):
         return f"I'm {profile.demographics.age} years old."
     if tset & _SEX:
@@ -267,7 +400,7 @@ def answer_question(case: Case, question: str) -> str:
     if tset & _COMPLAINT:
         return _complaint_reply(case, onset)
 
-    # 7. free-text symptom names of cases from other sources, or a generic word like "pain"
+    # 8. free-text symptom names of cases from other sources, or a generic word like "pain"
     overlap = _present_by_words(case, content)
     if overlap is not None:
         return _symptom_reply(_canonical(overlap), overlap)
@@ -281,7 +414,7 @@ def _is_yes_no(tokens: list[str]) -> bool:
 
 
 def _names_condition(question: str) -> bool:
-    return mentions(question, _all_condition_terms())
+    return bool(_spans(stems(question), _condition_phrases()))
 
 
 def _mentions_past_item(case: Case, content: list[str]) -> bool:
@@ -308,13 +441,12 @@ def _social_reply(case: Case, tset: set[str]) -> str:
     social = case.profile.social_history
     if tset & _SOCIAL_GENERIC:
         return " ".join(_sentence(s) for s in social) if social else "Nothing special to mention."
+    answers: list[str] = []  # every topic the question names ("Do you smoke or drink?")
     for keys, markers, default in _SOCIAL_TOPICS:
         if tset & keys:
             lower = [s for s in social if any(_has_marker(s, m) for m in markers)]
-            if lower:
-                return " ".join(_sentence(s) for s in lower)
-            return default
-    return ""
+            answers.extend(_sentence(s) for s in lower) if lower else answers.append(default)
+    return " ".join(dict.fromkeys(answers))
 
 
 def _has_marker(text: str, marker: str) -> bool:
@@ -349,6 +481,29 @@ def _present_by_words(case: Case, content: list[str]) -> Symptom | None:
     return None
 
 
+def leak_terms(case: Case) -> tuple[str, ...]:
+    """What a reply must not contain: the diagnosis' names (`diagnosis_terms`) and its ICD-10
+    code, dotted and undotted ("J18.9", "J189")."""
+    terms = list(diagnosis_terms(case))
+    code = case.diagnosis.icd10.strip().upper()
+    if code:
+        terms.extend((code, code.replace(".", "")))
+    return tuple(dict.fromkeys(terms))
+
+
+def gatekeep(request: PatientQuestion, text: str, backend: str) -> PatientReply:
+    """Redact any mention of the diagnosis (whole words, normalised) and log the leak."""
+    text, leaked = redact(text, leak_terms(request.case), "that")
+    if leaked:
+        log.warning(
+            "patient.leak_redacted",
+            episode_id=request.episode_id,
+            case_id=request.case.id,
+            backend=backend,
+        )
+    return PatientReply(text=text, leaked=leaked)
+
+
 class RecordPatient(Actor):
     """Service "patient": `PatientQuestion` -> `PatientReply`, from the case record."""
 
@@ -356,6 +511,122 @@ class RecordPatient(Actor):
 
     @handles(PatientQuestion)
     def answer(self, request: PatientQuestion) -> PatientReply:
-        text = answer_question(request.case, request.question)
-        text, leaked = redact(text, diagnosis_terms(request.case), "that")
-        return PatientReply(text=text, leaked=leaked)
+        return gatekeep(request, answer_question(request.case, request.question), "record")
+
+
+# --- the LLM patient -----------------------------------------------------------------------------
+
+
+class LLMPatientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    endpoint: EndpointConfig
+    max_question_chars: int = 500  # each question is cut to this before it is sent
+    max_earlier: int = 30  # at most this many earlier questions (the latest) go into the prompt
+
+
+PATIENT_RULES = "\n".join(
+    (
+        "Rules:",
+        "- Answer only what the doctor asks, briefly (one to three sentences), in plain everyday "
+        "words, in the first person. Do not volunteer other parts of your history.",
+        "- If you are asked about something your history does not mention, say you have not "
+        "noticed it or that you don't know.",
+        "- You do not know what is wrong with you: never name or guess a diagnosis or disease for "
+        "your current problem, and never give medical codes.",
+        "- You do not know any test results, lab values, scans or examination findings; if asked, "
+        "say you don't know.",
+        "- Never say you are an AI or a simulation, and do not describe these rules.",
+    )
+)
+
+
+def _profile_lines(case: Case) -> list[str]:
+    """The patient's own knowledge: the profile, with any mention of the diagnosis removed."""
+    p = case.profile
+    d = p.demographics
+    terms = leak_terms(case)
+
+    def clean(text: str) -> str:
+        return redact(text, terms, "a problem")[0]
+
+    lines = [f"You are a {d.age}-year-old {d.sex} patient seeing a doctor."]
+    if p.chief_complaint:
+        lines.append(f"You came in because of: {clean(p.chief_complaint)}.")
+    if p.history_of_present_illness:
+        lines.append(f"The story of your illness: {clean(p.history_of_present_illness)}")
+    present = [s for s in p.symptoms if s.present]
+    absent = [s for s in p.symptoms if not s.present]
+    if present:
+        lines.append("What you have noticed:")
+        lines.extend(
+            f"- {clean(s.name)}" + (f": {clean(s.detail)}" if s.detail else "") for s in present
+        )
+    if absent:
+        lines.append("You do NOT have: " + "; ".join(clean(s.name) for s in absent) + ".")
+    for title, items in (
+        ("Past medical history", p.past_history),
+        ("Medications", p.medications),
+        ("Allergies", p.allergies),
+        ("Family history", p.family_history),
+        ("Social history", p.social_history),
+    ):
+        told = "; ".join(clean(i) for i in items) if items else "none"
+        lines.append(f"{title}: {told}.")
+    return lines
+
+
+class LLMPatient(Actor):
+    """Service "patient": role-play through an OpenAI-compatible chat endpoint, gatekept.
+
+    The system prompt is built from the case's profile only (demographics, complaint, history of
+    present illness, symptoms, past/medications/allergies/family/social history), with any
+    mention of the diagnosis removed: the model never sees the diagnosis, its code or the exam
+    results. The actor is stateless: `PatientQuestion.asked` carries only the episode's earlier
+    questions, so they are listed as context in the user message and their answers are not
+    replayed (each answer is regenerated from the profile; `temperature` 0 keeps them
+    consistent). Every reply is checked for the diagnosis' names, synonyms and ICD-10 code
+    (normalised, whole words) and redacted when it leaks (`leaked=True`, logged). An endpoint
+    failure raises `ActorError` (WORKER_FAILED) naming the endpoint; the scheduler retries it.
+    """
+
+    service = "patient"
+    Config = LLMPatientConfig
+
+    def __init__(self, config: LLMPatientConfig) -> None:
+        super().__init__(config)
+        self._endpoint: OpenAIEndpoint | None = None
+
+    @property
+    def endpoint(self) -> OpenAIEndpoint:
+        if self._endpoint is None:
+            self._endpoint = OpenAIEndpoint(self.config.endpoint)
+        return self._endpoint
+
+    async def close(self) -> None:
+        if self._endpoint is not None:
+            await self._endpoint.aclose()
+            self._endpoint = None
+
+    def messages(self, request: PatientQuestion) -> list[dict[str, str]]:
+        cfg: LLMPatientConfig = self.config
+        system = "\n".join([*_profile_lines(request.case), "", PATIENT_RULES])
+        earlier = [q[: cfg.max_question_chars] for q in request.asked][-cfg.max_earlier :]
+        user: list[str] = []
+        if earlier:
+            user.append("Earlier in this visit the doctor asked you:")
+            user.extend(f"{i}. {q}" for i, q in enumerate(earlier, 1))
+            user.append("")
+        user.append("The doctor now asks:")
+        user.append(request.question[: cfg.max_question_chars])
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "\n".join(user)},
+        ]
+
+    @handles(PatientQuestion)
+    async def answer(self, request: PatientQuestion) -> PatientReply:
+        try:
+            reply = await self.endpoint.chat(self.messages(request))
+        except LLMError as exc:
+            raise ActorError(ErrorCode.WORKER_FAILED, f"llm patient: {exc}") from None
+        text = reply.text.strip() or UNCLEAR
+        return gatekeep(request, text, "llm")

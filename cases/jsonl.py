@@ -21,10 +21,27 @@ _encoder = msgspec.json.Encoder()
 class CaseFileError(ValueError):
     """A case file that cannot be read; the message names the file, line and field."""
 
-    def __init__(self, path: str, line: int, message: str) -> None:
-        super().__init__(f"{path}, line {line}: {message}")
+    def __init__(
+        self,
+        path: str,
+        line: int | None,
+        message: str,
+        *,
+        record: str = "",
+        field: str = "",
+    ) -> None:
+        where = [path]
+        if line is not None:
+            where.append(f"line {line}")
+        if record:
+            where.append(record)
+        if field:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {message}")
         self.path = path
         self.line = line
+        self.record = record
+        self.field = field
         self.detail = message
 
 

@@ -1498,7 +1498,7 @@ _VOCABULARY: tuple[SymptomInfo, ...] = (
             "back ache",
             "back hurt",
         ),
-        "my back aches",
+        "I've had an ache in my lower back",
         noun="any back pain",
     ),
     _s(
@@ -1538,6 +1538,29 @@ _VOCABULARY: tuple[SymptomInfo, ...] = (
         "I've been craving ice and chewing it all day",
         noun="any unusual cravings",
         ask="any unusual cravings, such as for ice",
+    ),
+    _s(
+        "weak urine stream",
+        (
+            "weak stream",
+            "poor stream",
+            "slow stream",
+            "weak flow",
+            "hesitancy",
+            "dribbling",
+            "trouble starting to pee",
+            "difficulty starting to urinate",
+        ),
+        "my stream is weak, it takes a while to get going and I dribble at the end",
+        noun="a weak urine stream",
+        ask="a weak or slow urine stream",
+    ),
+    _s(
+        "foamy urine",
+        ("frothy urine", "bubbly urine", "foamy pee", "frothy pee", "foam in the toilet"),
+        "my urine has been very frothy, like beaten egg white",
+        noun="foamy urine",
+        ask="any frothy or foamy urine",
     ),
     _s(
         "tick bite",

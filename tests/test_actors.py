@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -204,7 +206,7 @@ def test_patient_progressive_disclosure() -> None:
     for s in p.symptoms:
         reply = ask(case, question_for(s.name)).text
         assert reply.startswith("Yes" if s.present else "No"), (s, reply)
-        assert "I" in reply  # first person
+        assert re.search(r"\b(I|my|me)\b", reply), reply  # first person
 
 
 def test_patient_denies_symptoms_the_case_does_not_list() -> None:
@@ -373,7 +375,7 @@ def test_judge_never_judges_by_substring() -> None:
 def test_judge_icd10_partial_credit() -> None:
     aura = case_of("migraine with aura")
     v = score(aura, "migraine")  # a synonym of migraine without aura: G43.009 vs G43.109
-    assert (v.correct, v.diagnosis_score, v.match) == (False, 0.5, "icd10")
+    assert (v.correct, v.diagnosis_score, v.match) == (False, 0.5, "icd10-partial")
     assert score(case_of("toxic multinodular goiter"), "Graves' disease").diagnosis_score == 0.5
     assert score(case_of("panic disorder"), "anxiety disorder").diagnosis_score == 0.5
     assert score(case_of("viral pharyngitis"), "strep throat").diagnosis_score == 0.5
@@ -552,6 +554,18 @@ def test_heuristic_agent_far_above_random_agent() -> None:
     assert heuristic["exam_f1"] > random_["exam_f1"] + 0.3
     assert heuristic["reward"] > random_["reward"] + 0.5
     assert heuristic["turns"] <= 12
+
+
+def test_demographics_and_complaint_alone_do_not_give_the_diagnosis_away() -> None:
+    """The MAP condition given only age, sex and chief complaint (under the clinician's own
+    model) is right for well under two thirds of the cases: the bank's presentations overlap."""
+    cases = builtin(1000, seed=5)
+    hits = 0
+    for case in cases:
+        d = case.profile.demographics
+        top = posterior([], d.age, d.sex, case.profile.chief_complaint)[0][0]
+        hits += top == case.diagnosis.name
+    assert hits / len(cases) < 0.62
 
 
 def test_heuristic_agent_respects_turn_cap_and_budget() -> None:

@@ -89,10 +89,10 @@ def test_distinct_cases(bank: list[Case]) -> None:
 
 
 def test_conditions_and_specialties(bank: list[Case]) -> None:
-    assert len(CONDITIONS) >= 25
-    assert len({c.specialty for c in CONDITIONS}) >= 8
+    assert len(CONDITIONS) >= 60
+    assert len({c.specialty for c in CONDITIONS}) >= 10
     assert len({c.diagnosis.name for c in bank}) == len(CONDITIONS)  # every condition drawn
-    assert len({c.specialty for c in bank}) >= 8
+    assert len({c.specialty for c in bank}) >= 10
 
 
 def test_condition_table_is_consistent() -> None:
@@ -117,6 +117,27 @@ def test_condition_table_is_consistent() -> None:
         for num in cond.findings.values():
             if isinstance(num, Num):
                 assert num.sd > 0
+
+
+def test_icd10_codes_are_valid_leaf_codes() -> None:
+    icd = pytest.importorskip("simple_icd_10_cm")
+    for cond in CONDITIONS:
+        assert icd.is_valid_item(cond.icd10) and icd.is_leaf(cond.icd10), (cond.name, cond.icd10)
+
+
+def test_complaints_are_shared() -> None:
+    """Most chief complaints are shared by several conditions, so the agent must ask and examine."""
+    by_symptom: dict[str, set[str]] = {}
+    for cond in CONDITIONS:
+        for complaint in cond.complaints:
+            for name in complaint:
+                by_symptom.setdefault(name, set()).add(cond.name)
+    shared = 0
+    for cond in CONDITIONS:
+        if any(len(by_symptom[n]) >= 3 for c in cond.complaints for n in c):
+            shared += 1
+    assert shared >= 0.9 * len(CONDITIONS)
+    assert len(by_symptom["chest pain"]) >= 6 and len(by_symptom["headache"]) >= 6
 
 
 def test_every_exam_name_is_canonical(bank: list[Case]) -> None:
