@@ -258,6 +258,7 @@ async def run_cluster(
                 await supervisor.stop()
                 nursery.cancel_scope.cancel()
     summary["run_dir"] = str(run_dir)
+    summary["reveal_diagnosis"] = spec.rules.reveal_diagnosis  # did the world model see it
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return summary
 
