@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,6 +11,8 @@ import trio
 from structlog.testing import capture_logs
 
 from actors.patient import (
+    EVIDENCE_SOCIAL,
+    EVIDENCE_SYMPTOMS,
     NO_RESULTS,
     UNCLEAR,
     LLMPatient,
@@ -19,6 +22,8 @@ from actors.patient import (
     split_question,
 )
 from cases import builtin
+from cases.loaders import ddxplus
+from cases.symptoms import SYMPTOMS
 from cases.text import mentions
 from engine.actor import ActorError, ConfigError
 from protocols import ErrorCode, decode, encode
@@ -72,8 +77,8 @@ CASE = Case(
 PATIENT = RecordPatient()
 
 
-def ask(question: str, case: Case = CASE) -> str:
-    return PATIENT.answer(PatientQuestion(episode_id="ep", case=case, question=question)).text
+def ask(question: str, case: Case = CASE, patient: RecordPatient = PATIENT) -> str:
+    return patient.answer(PatientQuestion(episode_id="ep", case=case, question=question)).text
 
 
 # --- record patient: multi-part questions --------------------------------------------------------
@@ -299,3 +304,170 @@ def test_llm_patient_config() -> None:
     )
     user = messages[1]["content"]
     assert "question 39?" in user and "question 34?" not in user and user.endswith("Now?")
+
+
+# --- record patient: DDXPlus evidence questions --------------------------------------------------
+
+DDXPLUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ddxplus"
+needs_ddxplus = pytest.mark.skipif(
+    not (DDXPLUS / "release_evidences.json").is_file(),
+    reason=f"DDXPlus metadata not found at {DDXPLUS} (shared data not mounted)",
+)
+
+
+@pytest.fixture(scope="module")
+def ddx_patient() -> RecordPatient:
+    patient = RecordPatient.from_config({"ddxplus": str(DDXPLUS)})
+    assert isinstance(patient, RecordPatient)
+    trio.run(patient.start)
+    assert patient.evidence is not None
+    return patient
+
+
+def _ddx_case(patient: RecordPatient) -> Case:
+    assert patient.evidence is not None
+    evidences = [
+        "E_91",  # fever (B)
+        "E_201",  # cough (B)
+        "E_55_@_V_55",  # pain location (M): side of the chest(R)
+        "E_55_@_V_101",  # ... and upper chest
+        "E_54_@_V_192",  # pain character (M): sharp
+        "E_54_@_V_181",  # ... and burning
+        "E_56_@_7",  # pain intensity (C, 0-10)
+        "E_57_@_V_123",  # pain radiates: nowhere
+        "E_130_@_V_157",  # rash colour (C, coded): red
+        "E_204_@_V_1",  # travel (M antecedent): West Africa
+        "E_79",  # smokes (B antecedent)
+    ]
+    onto = patient.evidence.ontology
+    return ddxplus.case_from_evidences(onto, "Pneumonia", evidences, age=40, sex="M")
+
+
+def test_record_patient_ddxplus_config() -> None:
+    assert RecordPatient().config.ddxplus == "" and RecordPatient().evidence is None
+    trio.run(RecordPatient().start)  # default: no data needed
+    bad = RecordPatient.from_config({"ddxplus": "/nonexistent/ddxplus"})
+    with pytest.raises(ConfigError, match="DDXPlus.*/nonexistent/ddxplus.*release_evidences"):
+        trio.run(bad.start)
+    with pytest.raises(ConfigError):
+        RecordPatient.from_config({"ddxplus": "x", "typo": 1})
+
+
+@needs_ddxplus
+def test_record_patient_ddxplus_broken_file(tmp_path: Path) -> None:
+    (tmp_path / "release_evidences.json").write_text("{not json")
+    bad = RecordPatient.from_config({"ddxplus": str(tmp_path)})
+    with pytest.raises(ConfigError, match="release_evidences.json"):
+        trio.run(bad.start)
+
+
+@needs_ddxplus
+def test_ddxplus_case_answers_its_evidence_questions(ddx_patient: RecordPatient) -> None:
+    case = _ddx_case(ddx_patient)
+
+    def say(q: str) -> str:
+        return ask(q, case, ddx_patient)
+
+    # binary, verbatim and in everyday words (through the vocabulary mapping)
+    assert say("Do you have a fever (either felt or measured with a thermometer)?") == "Yes, I do."
+    assert say("Do you have a fever?").startswith("Yes")
+    assert say("Do you have a cough?") == "Yes, I do."
+    # multi-choice and categorical: the English meanings, never the codes
+    assert say("Characterize your pain:") == "Sharp and burning."
+    where = say("Do you feel pain somewhere?")
+    assert "right side of the chest" in where and "upper chest" in where and "V_" not in where
+    assert "upper chest" in say("Where does it hurt?")
+    assert say("Do you have chest pain?").startswith("Yes") and "upper chest" in say(
+        "Any chest pain?"
+    )
+    assert say("How intense is the pain?") == "I'd say 7 out of 10."
+    assert say("How bad is the pain?") == "I'd say 7 out of 10."
+    assert say("What color is the rash?") == "Red."
+    assert say("Does the pain radiate to another location?").startswith("No")  # "nowhere"
+    # antecedents: travel (with the region) and smoking, verbatim and in everyday words
+    travel = say("Have you traveled out of the country in the last 4 weeks?")
+    assert travel.startswith("Yes") and "West Africa" in travel and "V_1" not in travel
+    assert "West Africa" in say("Have you travelled abroad recently?")
+    assert say("Do you smoke cigarettes?") == "Yes, I do." and say("Do you smoke?") == "Yes, I do."
+    # several evidence questions at once: each answered, in order, even when the words repeat
+    reply = say("Do you have a cough? Do you have diabetes? Do you smoke cigarettes?")
+    assert reply == "Yes, I do. No, I don't. Yes, I do."
+    # the history rules see no raw evidence questions
+    assert say("What brings you in?") == "I've come in because of fever."
+    assert "?" not in say("Any past medical history?")
+
+
+@needs_ddxplus
+def test_ddxplus_case_denies_absent_evidences(ddx_patient: RecordPatient) -> None:
+    case = _ddx_case(ddx_patient)
+    for q in (
+        "Have you had diarrhea or an increase in stool frequency?",
+        "Do you have diabetes?",
+        "Have you had chills or shivers?",
+        "Are you feeling nauseous or do you feel like vomiting?",
+        "Is the rash swollen?",
+        "Have you ever had pneumonia?",
+    ):
+        assert ask(q, case, ddx_patient).startswith("No"), q
+    assert ask("Any nausea?", case, ddx_patient).startswith("No")
+    assert ask("Do you have a headache?", case, ddx_patient).startswith(
+        "No"
+    )  # pain is in the chest
+    # the diagnosis is never named
+    for q in ("Do you have pneumonia?", "What do you think is wrong with me?", "Is it pneumonia?"):
+        reply = ask(q, case, ddx_patient)
+        assert not mentions(reply, leak_terms(case)), (q, reply)
+
+
+@needs_ddxplus
+def test_bank_case_answers_ddxplus_questions_through_the_mapping(
+    ddx_patient: RecordPatient,
+) -> None:
+    fever_q = "Do you have a fever (either felt or measured with a thermometer)?"
+    assert ddx_patient.evidence is not None
+    assert ddx_patient.evidence.match(fever_q).code == "E_91"  # type: ignore[union-attr]
+    # CASE: fever present, chest pain absent, smokes, no travel
+    assert ask(fever_q, CASE, ddx_patient) == "Yes, I've been running a temperature."
+    assert ask("Have you had chills or shivers?", CASE, ddx_patient).startswith("No")
+    assert "10 cigarettes" in ask("Do you smoke cigarettes?", CASE, ddx_patient)
+    travel = ask("Have you traveled out of the country in the last 4 weeks?", CASE, ddx_patient)
+    assert travel.startswith("No")
+    assert ask("Do you have a cough?", CASE, ddx_patient).startswith("Yes, I've been coughing")
+    no_fever = next(
+        c
+        for c in builtin(60)
+        if any(s.name == "fever" and not s.present for s in c.profile.symptoms)
+    )
+    assert ask(fever_q, no_fever, ddx_patient) == "No, I haven't had a fever."
+    # the table only names known evidences and known symptoms
+    onto = ddx_patient.evidence.ontology
+    assert set(EVIDENCE_SYMPTOMS) <= set(onto.evidences)
+    assert set(EVIDENCE_SOCIAL) <= set(onto.evidences)
+    assert all(n in SYMPTOMS for names in EVIDENCE_SYMPTOMS.values() for n in names)
+
+
+@needs_ddxplus
+def test_evidence_matching_does_not_misfire(ddx_patient: RecordPatient) -> None:
+    index = ddx_patient.evidence
+    assert index is not None
+    unrelated = [
+        "What brings you in today?",
+        "How old are you?",
+        "When did it start?",
+        "Any allergies?",
+        "Do you take any medications?",
+        "Does anyone in your family have heart disease?",
+        "What did your chest X-ray show?",
+        "What was your white blood cell count?",
+        "How are you feeling?",
+        "Hello doctor.",
+        "Is the pain worse when you breathe?",  # close to several: no guess
+        "Do you have chest pain?",  # not "chest pain even at rest"
+        "Do you have a fever?",  # not the verbatim question: the vocabulary answers it
+    ]
+    for q in unrelated:
+        assert index.match(q) is None, q
+    # on bank cases, questions that match no evidence are answered exactly as without DDXPlus
+    for case in builtin(100)[::10]:
+        for q in unrelated:
+            assert ask(q, case, ddx_patient) == ask(q, case), (case.id, q)
