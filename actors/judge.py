@@ -238,6 +238,8 @@ def icd10_relation(a: str, b: str) -> str:
         return "none"
     if a == b:
         return "same"
+    if a[:3] == b[:3]:  # what the library and the string fallback both say (no need to load it)
+        return "category"
     icd = _icd()
     if icd is None or not (icd.is_valid_item(a) and icd.is_valid_item(b)):
         return "category" if a[:3] == b[:3] else "none"  # string fallback
@@ -247,6 +249,20 @@ def icd10_relation(a: str, b: str) -> str:
     if block and block == _block(icd, b):
         return "block"
     return "none"
+
+
+def _related(code: str, case_code: str, block_partial: float) -> bool:
+    """False when `icd10_relation(code, case_code)` can only earn nothing: no code, or codes of
+    two 3-character categories while a same-block answer earns nothing (`block_partial` <= 0),
+    since "block" and "none" then score alike and an ancestor or descendant always shares the
+    category (true of every code of ICD-10-CM). This spares loading ICD-10-CM for a wrong
+    bank-named diagnosis."""
+    if not code:
+        return False
+    if block_partial > 0:
+        return True
+    a, b = _shape(code), _shape(case_code)
+    return bool(a and b) and a[:3] == b[:3]
 
 
 def score_diagnosis(
@@ -273,7 +289,9 @@ def score_diagnosis(
     code, _ = diagnosis_code(diagnosis.name)
     if not code and _shape(diagnosis.name) == case_code:
         code = case_code  # the case's own code, even one ICD-10-CM does not hold
-    relation = icd10_relation(code, case_code) if code else "none"
+    relation = (
+        icd10_relation(code, case_code) if _related(code, case_code, block_partial) else "none"
+    )
     if relation == "same":
         return 1.0, "icd10"
     if relation == "category":
@@ -370,6 +388,12 @@ class RulesJudge(Actor):
         super().__init__(config or RulesJudgeConfig())
         self.catalogue = default_catalogue()
 
+    async def start(self) -> None:
+        """Index the bank's names before the worker says Ready. ICD-10-CM (about 3 s of CPU to
+        load) is not loaded here: a bank-named diagnosis is scored without it (see
+        `score_diagnosis`), so it is loaded only on the first typed code or free-text name."""
+        _bank_index()
+
     def diagnosis(self, request: ScoreRequest) -> tuple[float, str]:
         w: RulesJudgeConfig = self.config
         return score_diagnosis(
@@ -460,6 +484,9 @@ class LLMJudge(Actor):
         super().__init__(config)
         self.rules = RulesJudge(config.rules)
         self._endpoint: OpenAIEndpoint | None = None
+
+    async def start(self) -> None:
+        await self.rules.start()
 
     @property
     def endpoint(self) -> OpenAIEndpoint:

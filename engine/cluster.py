@@ -291,6 +291,7 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
     episodes = spec.scheduler.episodes or None
     progress = Progress(episodes)
     assert head.down is not None
+    scheduler.tally.t0 = time.monotonic()  # episodes/s counts episodes, not worker start-up
 
     async with trio.open_nursery() as nursery:
 
