@@ -57,7 +57,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from actors.openai_api import EndpointConfig, LLMError, OpenAIEndpoint
+from actors.openai_api import EndpointConfig, LLMError, UsesEndpoint
 from cases.bank import CONDITIONS, Condition, condition_terms
 from cases.catalogue import Catalogue, default_catalogue
 from cases.text import stem, words
@@ -463,7 +463,7 @@ class LLMJudgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_candidate_chars: int = 300  # the agent's text is cut to this before it is sent
 
 
-class LLMJudge(Actor):
+class LLMJudge(UsesEndpoint, Actor):
     """Service "judge": the diagnosis graded by a chat model, everything else by the rules.
 
     The prompt (`JUDGE_SYSTEM_PROMPT` and a user message with the reference diagnosis, its ICD-10
@@ -483,21 +483,9 @@ class LLMJudge(Actor):
     def __init__(self, config: LLMJudgeConfig) -> None:
         super().__init__(config)
         self.rules = RulesJudge(config.rules)
-        self._endpoint: OpenAIEndpoint | None = None
 
     async def start(self) -> None:
         await self.rules.start()
-
-    @property
-    def endpoint(self) -> OpenAIEndpoint:
-        if self._endpoint is None:
-            self._endpoint = OpenAIEndpoint(self.config.endpoint)
-        return self._endpoint
-
-    async def close(self) -> None:
-        if self._endpoint is not None:
-            await self._endpoint.aclose()
-            self._endpoint = None
 
     def messages(self, request: ScoreRequest) -> list[dict[str, str]]:
         truth = request.case.diagnosis

@@ -131,3 +131,22 @@ class OpenAIEndpoint:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class UsesEndpoint:
+    """Mixin for actors whose config has `endpoint: EndpointConfig`: one client, opened on first
+    use (so a worker starts without reaching the endpoint) and closed with the actor."""
+
+    config: Any
+    _endpoint: OpenAIEndpoint | None = None
+
+    @property
+    def endpoint(self) -> OpenAIEndpoint:
+        if self._endpoint is None:
+            self._endpoint = OpenAIEndpoint(self.config.endpoint)
+        return self._endpoint
+
+    async def close(self) -> None:
+        if self._endpoint is not None:
+            await self._endpoint.aclose()
+            self._endpoint = None

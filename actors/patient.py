@@ -36,7 +36,7 @@ import re
 import msgspec
 import structlog
 
-from actors.openai_api import EndpointConfig, LLMError, OpenAIEndpoint
+from actors.openai_api import EndpointConfig, LLMError, UsesEndpoint
 from cases.bank import CONDITIONS, condition_terms
 from cases.loaders.ddxplus import DDXPlusOntology, Evidence
 from cases.symptoms import SYMPTOMS, find_symptoms
@@ -1028,7 +1028,7 @@ def _profile_lines(case: Case) -> list[str]:
     return lines
 
 
-class LLMPatient(Actor):
+class LLMPatient(UsesEndpoint, Actor):
     """Service "patient": role-play through an OpenAI-compatible chat endpoint, gatekept.
 
     The system prompt is built from the case's profile only (demographics, complaint, history of
@@ -1047,18 +1047,6 @@ class LLMPatient(Actor):
 
     def __init__(self, config: LLMPatientConfig) -> None:
         super().__init__(config)
-        self._endpoint: OpenAIEndpoint | None = None
-
-    @property
-    def endpoint(self) -> OpenAIEndpoint:
-        if self._endpoint is None:
-            self._endpoint = OpenAIEndpoint(self.config.endpoint)
-        return self._endpoint
-
-    async def close(self) -> None:
-        if self._endpoint is not None:
-            await self._endpoint.aclose()
-            self._endpoint = None
 
     def messages(self, request: PatientQuestion) -> list[dict[str, str]]:
         cfg: LLMPatientConfig = self.config
