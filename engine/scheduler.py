@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from engine.admission import AdmissionClosed
 from engine.client import HubUnreachable, RemoteError, RequestTimeout
 from engine.episode import Call, Episode, EpisodeError, Finish, Rules
 from protocols import (
@@ -110,6 +111,7 @@ class Scheduler:
         seed: int = 0,
         broker: str = "broker",
         admit: Callable[[], Awaitable[None]] | None = None,
+        release: Callable[[bool], None] | None = None,
     ) -> None:
         if not cases:
             raise ValueError("the scheduler needs at least one case")
@@ -121,6 +123,10 @@ class Scheduler:
         self.group_size = group_size
         self.broker = broker
         self.admit = admit
+        # Called once per episode `run` launched, with whether the broker accepted its trajectory
+        # (e.g. `engine.admission.Admission.finished`); `admit` raising `AdmissionClosed` stops.
+        self.release = release
+        self._admitting: trio.CancelScope | None = None
         self.tally = Tally()
         self._rng = random.Random(seed)
         self._order: list[int] = []
@@ -143,15 +149,44 @@ class Scheduler:
                 for sample in range(self.group_size):
                     if episodes is not None and launched >= episodes:
                         break
-                    if self.admit is not None:
-                        await self.admit()
-                    await limiter.acquire_on_behalf_of(group + str(sample))
+                    if self.stopping:
+                        break
+                    if self.admit is not None and not await self._admitted():
+                        break
+                    try:
+                        await limiter.acquire_on_behalf_of(group + str(sample))
+                    except BaseException:
+                        if self.release is not None:
+                            self.release(False)
+                        raise
                     nursery.start_soon(self._run_one, case, group, sample, limiter, on_finish)
                     launched += 1
+
+    async def _admitted(self) -> bool:
+        """Wait for `admit`; False when stopped meanwhile (`stop()` or `AdmissionClosed`)."""
+        assert self.admit is not None
+        self._admitting = scope = trio.CancelScope()
+        try:
+            with scope:
+                await self.admit()
+        except AdmissionClosed:
+            self.stopping = True
+            return False
+        finally:
+            self._admitting = None
+        if scope.cancelled_caught:
+            return False
+        if self.stopping:  # admitted, but stop() came first: give the slot back
+            if self.release is not None:
+                self.release(False)
+            return False
+        return True
 
     def stop(self) -> None:
         """Start no new episodes; running ones finish."""
         self.stopping = True
+        if self._admitting is not None:
+            self._admitting.cancel()
 
     async def _run_one(
         self,
@@ -161,12 +196,15 @@ class Scheduler:
         limiter: trio.CapacityLimiter,
         on_finish: Callable[[Trajectory], None] | None,
     ) -> None:
+        accepted = False
         try:
-            trajectory = await self.run_episode(case, group_id=group, sample=sample)
+            trajectory, accepted = await self._play(case, group_id=group, sample=sample)
             if on_finish is not None:
                 on_finish(trajectory)
         finally:
             limiter.release_on_behalf_of(group + str(sample))
+            if self.release is not None:
+                self.release(accepted)
 
     def next_case(self) -> Case:
         if not self._order:
@@ -190,6 +228,21 @@ class Scheduler:
         episode_id: str | None = None,
     ) -> Trajectory:
         """Play one episode to its end and publish it; never raises for actor failures."""
+        trajectory, _ = await self._play(
+            case, group_id=group_id, sample=sample, agent=agent, episode_id=episode_id
+        )
+        return trajectory
+
+    async def _play(
+        self,
+        case: Case,
+        *,
+        group_id: str = "",
+        sample: int = 0,
+        agent: AgentPort | None = None,
+        episode_id: str | None = None,
+    ) -> tuple[Trajectory, bool]:
+        """`run_episode`, also saying whether the broker accepted the trajectory."""
         episode_id = episode_id or (f"{group_id}.{sample}" if group_id else self.new_id())
         episode = Episode(
             episode_id,
@@ -220,8 +273,7 @@ class Scheduler:
             self.tally.running -= 1
         trajectory = step.trajectory
         self.tally.add(trajectory)
-        await self._publish(trajectory, bound)
-        return trajectory
+        return trajectory, await self._publish(trajectory, bound)
 
     async def _call_all(self, service: str, requests: list[Any]) -> list[Any]:
         if len(requests) == 1:
@@ -253,15 +305,16 @@ class Scheduler:
                 await trio.sleep(min(0.05 * 2**attempt, 1.0))
         raise CallFailed(f"{last} (after {attempt + 1} attempt{'s' if attempt else ''})")
 
-    async def _publish(self, trajectory: Trajectory, bound: Any) -> None:
+    async def _publish(self, trajectory: Trajectory, bound: Any) -> bool:
         try:
             reply = await self.call(self.broker, Publish(trajectory))
         except CallFailed as exc:
             self.tally.publish_failed += 1
             bound.error("trajectory not published", trajectory_id=trajectory.id, error=str(exc))
-            return
+            return False
         if isinstance(reply, Published):
             self.tally.published += 1
-        else:
-            self.tally.publish_failed += 1
-            bound.error("broker replied oddly", reply=type(reply).__name__)
+            return True
+        self.tally.publish_failed += 1
+        bound.error("broker replied oddly", reply=type(reply).__name__)
+        return False
