@@ -44,3 +44,33 @@ async def test_groups_leases_and_duplicates(tmp_path) -> None:  # noqa: ANN001
     await broker.close()
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == ["g1.0/t", "g1.1/t", "g2.0/t"]
+
+
+async def test_durable_broker_restarts_from_its_log(tmp_path) -> None:  # noqa: ANN001
+    config = BrokerConfig(log_dir=str(tmp_path / "log"), max_pending=3)
+    broker = Broker(config)
+    await broker.start()
+    now = [0.0]
+    broker.clock = lambda: now[0]
+    for t in (traj("g1", 0, 2), traj("g1", 1, 2), traj("g2", 0, 1)):
+        assert broker.publish(Publish(t)).duplicate is False
+    with pytest.raises(ActorError) as exc:  # backpressure: max_pending reached
+        broker.publish(Publish(traj("g3", 0, 1)))
+    assert exc.value.code is ErrorCode.OVERLOADED
+    first = broker.pull(Pull(max_groups=1, lease_s=5.0))
+    assert broker.ack(Ack(first.lease)).count == 2
+    second = broker.pull(Pull(max_groups=1, lease_s=5.0))
+    now[0] = 6.0  # the lease on g2 expires: re-delivered, its ack refused
+    stats = broker.stats(BrokerStatsQuery())
+    assert (stats.received, stats.pending, stats.leased, stats.acked) == (3, 1, 0, 2)
+    with pytest.raises(ActorError):
+        broker.ack(Ack(second.lease))
+    await broker.close()
+
+    broker = Broker(config)
+    await broker.start()
+    assert broker.publish(Publish(traj("g1", 0, 2))).duplicate is True  # acked before restart
+    again = broker.pull(Pull(max_groups=5))
+    assert [[t.id for t in g] for g in again.groups] == [["g2.0/t"]]
+    assert broker.ack(Ack(again.lease)).count == 1
+    await broker.close()
