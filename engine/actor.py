@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from protocols import ErrorCode
+from protocols import ErrorCode, WeightsAvailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,6 +75,16 @@ class Actor:
 
     async def start(self) -> None:
         """Called once in the worker before it says Ready (load models, build indices)."""
+
+    async def run(self) -> None:
+        """Background work for the worker's lifetime (a batching loop, say); cancelled on stop.
+
+        Started in the worker's nursery right after `start()`; returning early is fine."""
+
+    async def on_weights(self, msg: WeightsAvailable) -> None:
+        """A learner published a new weight version (agents fetch and apply it; others ignore).
+
+        Run as its own task in the worker's nursery when the hub forwards the notice."""
 
     async def close(self) -> None:
         """Called once when the worker stops."""

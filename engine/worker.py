@@ -198,6 +198,7 @@ async def serve(
             worker._nursery = nursery
             await nursery.start(worker._socket.run)
             nursery.start_soon(worker._heartbeat)
+            nursery.start_soon(actor.run)
             log.info("worker started", endpoint=endpoint, capacity=capacity)
             task_status.started(worker)
             await worker._stop.wait()

@@ -65,6 +65,7 @@ __all__ = [
     "Verdict",
     "VersionApplied",
     "WeightManifest",
+    "WeightsAvailable",
     "Welcome",
     "WorkerStatus",
 ]
@@ -291,6 +292,7 @@ class Ready(_Msg):
     service: str
     capacity: int
     worker: str
+    policy_version: int = -1  # the weight version an agent serves; -1: not a policy
 
 
 class Heartbeat(_Msg):
@@ -344,6 +346,7 @@ class Published(_Msg):
 class Pull(_Msg):
     max_groups: int = 1
     lease_s: float = 60.0
+    wait_s: float = 0.0  # long poll: hold the request up to this long until a group is complete
 
 
 class Groups(_Msg):
@@ -408,6 +411,16 @@ class Chunk(_Msg):
 class VersionApplied(_Msg):
     worker: str
     version: int
+
+
+class WeightsAvailable(_Msg):
+    """A learner published `version`; its chunks are served at `endpoint` (a weight server).
+
+    Learner -> head (a request to the "head" service); the hub then sends it to every worker as a
+    CONTROL message, and to each worker that joins later."""
+
+    version: int
+    endpoint: str
 
 
 # --- externally driven episodes ---
@@ -488,6 +501,7 @@ Message = (
     | ChunkQuery
     | Chunk
     | VersionApplied
+    | WeightsAvailable
     | OpenEpisode
     | EnvStep
     | CloseEpisode

@@ -70,6 +70,7 @@ from protocols.messages import (
     Verdict,
     VersionApplied,
     WeightManifest,
+    WeightsAvailable,
     Welcome,
     WorkerStatus,
 )
@@ -312,7 +313,10 @@ trajectories = _register(
 # control
 _register(Hello, st.builds(Hello, name=text, role=text))
 _register(Welcome, st.builds(Welcome, hub=text, heartbeat_s=floats))
-_register(Ready, st.builds(Ready, service=text, capacity=small_ints, worker=text))
+_register(
+    Ready,
+    st.builds(Ready, service=text, capacity=small_ints, worker=text, policy_version=ints),
+)
 _register(Heartbeat, st.builds(Heartbeat))
 _register(Error, st.builds(Error, code=st.sampled_from(ErrorCode), message=text))
 _register(Shutdown, st.builds(Shutdown, reason=text))
@@ -346,7 +350,7 @@ _register(
 # rollout broker
 _register(Publish, st.builds(Publish, trajectory=trajectories))
 _register(Published, st.builds(Published, id=text, duplicate=st.booleans()))
-_register(Pull, st.builds(Pull, max_groups=small_ints, lease_s=floats))
+_register(Pull, st.builds(Pull, max_groups=small_ints, lease_s=floats, wait_s=floats))
 _register(
     Groups,
     st.builds(
@@ -390,6 +394,7 @@ _register(ManifestQuery, st.builds(ManifestQuery, min_version=ints))
 _register(ChunkQuery, st.builds(ChunkQuery, version=ints, index=ints))
 _register(Chunk, st.builds(Chunk, version=ints, index=ints, data=st.binary(max_size=64)))
 _register(VersionApplied, st.builds(VersionApplied, worker=text, version=ints))
+_register(WeightsAvailable, st.builds(WeightsAvailable, version=ints, endpoint=text))
 
 # externally driven episodes
 _register(
