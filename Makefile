@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    installs the core (+ clinical extra) and runs the embedded default cluster
+#   make run    installs the core (+ clinical and train extras) and trains the embedded default
 #   make test   installs the test dependencies and runs lint, layer checks and the tests
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,9 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The default cluster's world-model Examiner uses numpy (the `clinical` extra).
+# The default cluster's world-model Examiner uses numpy (the `clinical` extra); its agent and
+# learner use torch and transformers (the `train` extra, torch pinned to the CPU build).
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[clinical]'
+	$(BIN)/pip install --quiet -e '.[clinical,train]'
 	touch $@
 
 # torch is pinned to the CPU build in pyproject.toml; an unpinned torch would pull CUDA.

@@ -27,6 +27,9 @@ REGISTRY: dict[str, str] = {
     "episode_logic": "benchmarks.episode_logic:bench",
     "raw_zmq": "benchmarks.raw_zmq:bench",
     "ray_episodes": "benchmarks.ray_episodes:bench",
+    "asynchrony": "benchmarks.asynchrony:bench",
+    "broker_load": "benchmarks.broker_load:bench",
+    "weight_sync": "benchmarks.weight_sync:bench",
 }
 
 PLANNED: dict[str, str] = {

@@ -65,6 +65,47 @@ COMPARISONS: tuple[Comparison, ...] = (
         ("dxsim_roundtrip", "pipelined"),
         ("raw_zmq", "pushpull_msgspec"),
     ),
+    Comparison(
+        "asynchrony: trajectories/s at max_staleness 1 (dxsim / turn-synchronous)",
+        ("asynchrony", "traj_per_s_dxsim"),
+        ("asynchrony", "traj_per_s_sync"),
+        ">=",
+        2.5,
+    ),
+    Comparison(
+        "asynchrony: inference server busy / wall (dxsim)",
+        ("asynchrony", "server_util_dxsim"),
+        ("asynchrony", "server_util_full"),
+        ">=",
+        0.9,
+    ),
+    Comparison(
+        "asynchrony: server busy / wall (turn-synchronous)",
+        ("asynchrony", "server_util_sync"),
+        ("asynchrony", "server_util_full"),
+    ),
+    Comparison(
+        "asynchrony: the same rule without transport (in process / turn-synchronous)",
+        ("asynchrony", "traj_per_s_inprocess"),
+        ("asynchrony", "traj_per_s_sync"),
+    ),
+    Comparison(
+        "asynchrony: trajectories/s at max_staleness 2 (dxsim / turn-synchronous)",
+        ("asynchrony", "traj_per_s_dxsim_s2"),
+        ("asynchrony", "traj_per_s_sync"),
+    ),
+    Comparison(
+        "asynchrony: continuous-batching server (dxsim / turn-synchronous)",
+        ("asynchrony", "traj_per_s_dxsim_cb"),
+        ("asynchrony", "traj_per_s_sync_cb"),
+    ),
+    Comparison(
+        "broker RSS over 100k trajectories (last / first sample)",
+        ("broker_load", "rss_last_mb"),
+        ("broker_load", "rss_first_mb"),
+        "<=",
+        1.1,
+    ),
 )
 
 

@@ -120,6 +120,17 @@ class Admission:
 
     # --- the learner's side -----------------------------------------------------------------
 
+    def resume_at(self, version: int) -> None:
+        """The learner starts at `version` (resumed from a checkpoint): the `version * batch`
+        trajectories it trained on before count as accepted, so the rule holds as if this
+        controller had seen the whole run."""
+        if version < 0:
+            raise ValueError("version must be >= 0")
+        if version > self.version:
+            self.accepted += (version - self.version) * self.batch
+            self.version = version
+            self._lot.unpark_all()
+
     def set_version(self, version: int) -> None:
         """The learner published `version`; older versions (late or reordered news) are ignored."""
         if version > self.version:

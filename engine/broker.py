@@ -45,6 +45,7 @@ from typing import IO
 
 import msgspec
 import structlog
+import trio
 
 from engine.actor import Actor, ActorError, handles
 from engine.segment_log import SegmentLog
@@ -293,6 +294,7 @@ class Broker(Actor):
         self.clock: Callable[[], float] = time.monotonic
         self._file: IO[bytes] | None = None
         self._encoder = msgspec.json.Encoder()
+        self._group_ready = trio.lowlevel.ParkingLot()  # long-polling pulls wait here
 
     async def start(self) -> None:
         cfg: BrokerConfig = self.config
@@ -329,17 +331,27 @@ class Broker(Actor):
     @handles(Publish)
     def publish(self, msg: Publish) -> Published:
         t = msg.trajectory
+        ready = len(self.core.ready)
         if not self.core.publish(t):
             return Published(t.id, duplicate=True)
         if self._file is not None:
             self._file.write(self._encoder.encode(t) + b"\n")
             self._file.flush()
+        if len(self.core.ready) > ready and self._group_ready:
+            self._group_ready.unpark_all()
         return Published(t.id)
 
     @handles(Pull)
-    def pull(self, msg: Pull) -> Groups:
-        lease, groups = self.core.pull(msg.max_groups, msg.lease_s, self.clock())
-        return Groups(lease=lease, groups=groups)
+    async def pull(self, msg: Pull) -> Groups:
+        """Lease complete groups; with `wait_s` > 0 hold the request until one is complete (a
+        long poll: the learner neither spins nor sleeps) or the wait ends with no groups."""
+        deadline = trio.current_time() + max(msg.wait_s, 0.0)
+        while True:
+            lease, groups = self.core.pull(msg.max_groups, msg.lease_s, self.clock())
+            if groups or trio.current_time() >= deadline:
+                return Groups(lease=lease, groups=groups)
+            with trio.move_on_at(deadline):
+                await self._group_ready.park()
 
     @handles(Ack)
     def ack(self, msg: Ack) -> Acked:

@@ -5,6 +5,11 @@ process) and worker processes for every service, runs the spec's episodes with a
 writes a summary, JSON-line logs and trajectories under a new run directory. With no spec it runs
 the embedded default (`engine/default.toml`). `status` and `down` find the running head through
 `RUN_DIR/latest/head.json`; `keys DIR` writes CURVE key pairs.
+
+With a `[learner]` table (the embedded default has one) the head also starts the learner process,
+keeps the broker's log on disk (`RUN_DIR/broker`), admits episodes by AReaL's staleness rule, and
+forwards each new weight version the learner announces to every worker. The run ends when the
+learner has spent its budget; `up --resume` continues the latest run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ import trio
 import zmq
 
 from engine.actor import Actor, ConfigError, convert_config, handles
+from engine.admission import Admission
 from engine.broker import Broker, BrokerConfig
 from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient, local_client
 from engine.env import EnvService
@@ -34,7 +41,17 @@ from engine.security import SecurityError, check_bind, write_keys
 from engine.spec import ClusterSpec, Hosted, load_spec, worker_plan
 from engine.supervisor import Supervisor, worker_argv
 from engine.worker import resolve, serve
-from protocols import BrokerStats, BrokerStatsQuery, Case, Shutdown, Status, StatusQuery
+from protocols import (
+    BrokerStats,
+    BrokerStatsQuery,
+    Case,
+    Shutdown,
+    Status,
+    StatusQuery,
+    Trajectory,
+    VersionApplied,
+    WeightsAvailable,
+)
 
 log = structlog.get_logger("engine.cluster")
 
@@ -68,6 +85,12 @@ class HeadControl(Actor):
         self.head.request_down()
         return self.head.status()
 
+    @handles(WeightsAvailable)
+    def weights(self, msg: WeightsAvailable) -> VersionApplied:
+        """The learner published a version: admit by it, and tell every worker."""
+        self.head.new_version(msg)
+        return VersionApplied("head", msg.version)
+
 
 @dataclass
 class Head:
@@ -77,6 +100,27 @@ class Head:
     scheduler: Scheduler | None = None
     broker: Broker | None = None
     down: trio.Event | None = None
+    admission: Admission | None = None
+    learner_version: int = -1  # -1: no learner has announced a version yet
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=256))
+
+    def new_version(self, msg: WeightsAvailable) -> None:
+        if self.admission is not None:
+            if self.learner_version < 0:  # the learner's first word: where it (re)starts
+                self.admission.resume_at(msg.version)
+            self.admission.set_version(msg.version)
+        self.learner_version = max(self.learner_version, msg.version)
+        self.hub.broadcast_weights(msg)
+        log.info("weights version", version=msg.version, endpoint=msg.endpoint)
+
+    def finished(self, t: Trajectory) -> None:
+        self.recent.append(bool(t.verdict and t.verdict.correct))
+
+    def progress_extra(self) -> str:
+        if self.learner_version < 0 or not self.recent:
+            return ""
+        recent = sum(self.recent) / len(self.recent)
+        return f"  policy v{self.learner_version}  acc(last {len(self.recent)}) {recent:.3f}"
 
     def status(self) -> Status:
         router = self.hub.router
@@ -88,6 +132,8 @@ class Head:
         if self.broker is not None:
             counters["broker.received"] = self.broker.received
             counters["broker.duplicates"] = self.broker.duplicates
+        if self.admission is not None:
+            counters.update({f"admission.{k}": v for k, v in self.admission.stats().items()})
         return msgspec.structs.replace(status, counters=counters)
 
     def request_down(self) -> None:
@@ -147,6 +193,42 @@ def new_run_dir(base: str) -> Path:
     return run
 
 
+def latest_run_dir(base: str) -> Path:
+    """The run `RUN_DIR/latest` points to, for `up --resume`."""
+    latest = Path(base) / "latest"
+    if not latest.exists():
+        raise ConfigError(f"nothing to resume: {latest} does not exist")
+    run = latest.resolve()
+    (run / "workers").mkdir(exist_ok=True)
+    return run
+
+
+def learner_argv(python_exe: str, hub: str, spec: ClusterSpec, run_dir: Path) -> list[str]:
+    """The learner's command line; it resumes by itself from a checkpoint in `run_dir`."""
+    learner = spec.learner
+    assert learner is not None
+    argv = [
+        python_exe,
+        "-m",
+        learner.module,
+        "--hub",
+        hub,
+        "--run-dir",
+        str(run_dir),
+        "--groups-per-step",
+        str(learner.groups_per_step),
+        "--config",
+        msgspec.json.encode(learner.config).decode(),
+        "--spec",
+        str(run_dir / "spec.json"),
+        "--log-file",
+        str(run_dir / "learner.jsonl"),
+    ]
+    if spec.head.curve is not None:
+        argv += ["--curve-dir", spec.head.curve.dir]
+    return argv
+
+
 class Progress:
     """One line on stderr, redrawn in place on a terminal, every few seconds otherwise."""
 
@@ -155,7 +237,7 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
 
-    def show(self, summary: dict[str, float], final: bool = False) -> None:
+    def show(self, summary: dict[str, float], final: bool = False, extra: str = "") -> None:
         now = time.monotonic()
         if not final and now - self.last < (0.25 if self.tty else 5.0):
             return
@@ -168,7 +250,7 @@ class Progress:
             bar = f"{done} episodes"
         line = (
             f"{bar}  {summary['episodes_per_s']:.1f} ep/s  acc {summary['accuracy']:.3f}"
-            f"  f1 {summary['exam_f1']:.3f}  aborted {int(summary['aborted'])}"
+            f"  f1 {summary['exam_f1']:.3f}  aborted {int(summary['aborted'])}{extra}"
         )
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if final else ""))
@@ -178,13 +260,19 @@ class Progress:
 
 
 async def run_cluster(
-    spec: ClusterSpec, *, spec_name: str = "default", ready_timeout_s: float = 60.0
+    spec: ClusterSpec,
+    *,
+    spec_name: str = "default",
+    ready_timeout_s: float = 60.0,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """`up`: run the spec to completion (or until `down`); returns the summary."""
+    """`up`: run the spec to completion (or until `down`); returns the summary.
+
+    `resume`: continue the latest run under `spec.run_dir` (its broker log and checkpoint)."""
     check_bind(spec.head.bind, spec.head.curve)
     check_services(spec)
     cases = load_cases(spec)
-    run_dir = new_run_dir(spec.run_dir)
+    run_dir = latest_run_dir(spec.run_dir) if resume else new_run_dir(spec.run_dir)
     configure_logging(run_dir / "head.jsonl", console_level="warning")
     structlog.contextvars.bind_contextvars(cluster=spec.name)
     ctx = zmq.Context.instance()
@@ -223,6 +311,18 @@ async def run_cluster(
                 )
                 supervisor.add(wname, argv)
             client = local_client(hub, nursery, "scheduler")
+            broker_config = BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl"))
+            if spec.learner is not None:
+                batch = spec.learner.groups_per_step * spec.scheduler.group_size
+                head.admission = Admission(batch, spec.learner.max_staleness)
+                broker_config = msgspec.structs.replace(
+                    broker_config,
+                    log_dir=str(run_dir / "broker"),
+                    max_pending=max(
+                        broker_config.max_pending,
+                        4 * (spec.learner.max_staleness + 2) * batch + spec.scheduler.concurrency,
+                    ),
+                )
             scheduler = Scheduler(
                 client,
                 cases,
@@ -230,9 +330,11 @@ async def run_cluster(
                 concurrency=spec.scheduler.concurrency,
                 group_size=spec.scheduler.group_size,
                 seed=spec.scheduler.seed,
+                admit=head.admission.admit if head.admission else None,
+                release=head.admission.finished if head.admission else None,
             )
             head.scheduler = scheduler
-            head.broker = Broker(BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl")))
+            head.broker = Broker(broker_config)
             env = EnvService(scheduler, nursery)
             for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
                 await nursery.start(
@@ -248,6 +350,10 @@ async def run_cluster(
                     )
                 )
             await wait_for_services(hub, spec, supervisor, ready_timeout_s)
+            if head.admission is not None:
+                head.admission.add_accepted(head.broker.core.pending)  # replayed on --resume
+            if spec.learner is not None:
+                supervisor.add("learner", learner_argv(python, tcp, spec, run_dir))
             log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
             sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
             summary = await drive(head, scheduler)
@@ -258,6 +364,8 @@ async def run_cluster(
                 await supervisor.stop()
                 nursery.cancel_scope.cancel()
     summary["run_dir"] = str(run_dir)
+    if spec.learner is not None:
+        summary["learning"] = learning_summary(run_dir)
     summary["reveal_diagnosis"] = spec.rules.reveal_diagnosis  # did the world model see it
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return summary
@@ -297,7 +405,7 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
 
         async def show() -> None:
             while True:
-                progress.show(scheduler.tally.summary())
+                progress.show(scheduler.tally.summary(), extra=head.progress_extra())
                 await trio.sleep(0.25)
 
         async def watch_down() -> None:
@@ -306,10 +414,13 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
 
         nursery.start_soon(show)
         nursery.start_soon(watch_down)
-        await scheduler.run(episodes)
+        await scheduler.run(episodes, on_finish=head.finished)
         nursery.cancel_scope.cancel()
     summary: dict[str, Any] = dict(scheduler.tally.summary())
-    progress.show(summary, final=True)
+    progress.show(summary, final=True, extra=head.progress_extra())
+    if head.learner_version >= 0:
+        summary["policy_version"] = head.learner_version
+        summary["recent_accuracy"] = sum(head.recent) / max(len(head.recent), 1)
     broker = head.broker
     if broker is not None:
         summary["broker_received"] = broker.received
@@ -317,6 +428,40 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
     summary["hub_retried"] = head.hub.router.retried
     summary["dead_workers"] = head.hub.router.dead_workers
     return summary
+
+
+def learning_summary(run_dir: Path, window: int = 10) -> dict[str, Any]:
+    """Start and end of the learner's curve (means of its first and last `window` steps)."""
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(msgspec.json.decode(line))
+            except msgspec.DecodeError:
+                continue  # a torn last line from a killed learner
+    if not rows:
+        return {}
+    first, last = rows[:window], rows[-window:]
+
+    def mean(part: list[dict[str, Any]], key: str) -> float:
+        return sum(float(r.get(key, 0.0)) for r in part) / len(part)
+
+    out: dict[str, Any] = {
+        "steps": rows[-1]["step"],
+        "minutes": rows[-1]["elapsed_s"] / 60,
+        "accuracy_start": mean(first, "accuracy"),
+        "accuracy_end": mean(last, "accuracy"),
+        "reward_start": mean(first, "reward"),
+        "reward_end": mean(last, "reward"),
+        "plot": str(run_dir / "learning_curve.png"),
+    }
+    baselines = run_dir / "baselines.json"
+    if baselines.exists():
+        out["baselines"] = {
+            k: v["accuracy"] for k, v in msgspec.json.decode(baselines.read_bytes()).items()
+        }
+    return out
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -333,8 +478,25 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("mean cost", f"{summary['cost']:.1f}"),
         ("mean turns", f"{summary['turns']:.2f}"),
         ("episodes/s", f"{summary['episodes_per_s']:.1f}"),
-        ("run directory", str(summary.get("run_dir", ""))),
     ]
+    learning = summary.get("learning")
+    if learning:
+        rows += [
+            ("policy version", f"{summary.get('policy_version', 0)}"),
+            (
+                "learner accuracy first -> last",
+                f"{learning['accuracy_start']:.3f} -> {learning['accuracy_end']:.3f}"
+                f" over {learning['minutes']:.1f} min ({learning['steps']} steps)",
+            ),
+            (
+                "learner reward first -> last",
+                f"{learning['reward_start']:.3f} -> {learning['reward_end']:.3f}",
+            ),
+        ]
+        for name, value in learning.get("baselines", {}).items():
+            rows.append((f"{name} baseline accuracy", f"{value:.3f}"))
+        rows.append(("learning curve", learning["plot"]))
+    rows.append(("run directory", str(summary.get("run_dir", ""))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
 
@@ -410,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("spec", nargs="?", default=None, help="cluster spec (TOML); default: embedded")
     up.add_argument("--episodes", type=int, default=None, help="override scheduler.episodes")
     up.add_argument("--run-dir", default=None, help="override run_dir")
+    up.add_argument(
+        "--resume", action="store_true", help="continue the latest run from its last checkpoint"
+    )
     st = sub.add_parser("status", help="report a running cluster")
     st.add_argument("--run-dir", default="runs")
     dn = sub.add_parser("down", help="drain and stop a running cluster")
@@ -429,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                     spec.scheduler, episodes=args.episodes
                 )
             spec = msgspec.structs.replace(spec, **changes) if changes else spec
-            summary = trio.run(lambda: run_cluster(spec, spec_name=args.spec or "default"))
+            summary = trio.run(
+                lambda: run_cluster(spec, spec_name=args.spec or "default", resume=args.resume)
+            )
             sys.stdout.write(format_summary(summary))
             return 0 if summary["episodes"] > 0 else 1
         if args.command == "status":

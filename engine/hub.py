@@ -12,6 +12,7 @@ import zmq
 from engine.routing import Router, RouterConfig
 from engine.security import CurveKeys, apply_server, check_bind
 from engine.transport import TrioSocket, make_socket
+from protocols import WeightsAvailable, encode
 
 log = structlog.get_logger("engine.hub")
 
@@ -75,6 +76,10 @@ class Hub:
 
     def shutdown_workers(self, reason: str) -> None:
         self._send(self.router.shutdown_all(reason))
+
+    def broadcast_weights(self, notice: WeightsAvailable) -> None:
+        """Tell every worker (and each one that joins later) that new weights are served."""
+        self._send(self.router.broadcast_weights(encode(notice)))
 
     def _on_message(self, frames: list[bytes]) -> None:
         out = self.router.on_frames(frames[0], frames[1:], trio.current_time())

@@ -7,7 +7,9 @@ learns them again within a period. A worker silent for `misses` periods is decla
 in-flight requests go back to the front of the queue (a request carries its id, so a retry is
 idempotent; the first reply wins and later ones are dropped). Everything here is driven by
 `on_frames` and `tick`, which return what to send; the trio adapter in `engine.hub` only moves
-bytes and time.
+bytes and time. Each worker's `Ready` also reports the policy version it serves (shown in
+`Status`); `broadcast_weights` relays a learner's `WeightsAvailable` to every worker and keeps the
+newest for workers that register later.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from protocols import (
     Status,
     StatusQuery,
     VersionMismatch,
+    WeightsAvailable,
     Welcome,
     WorkerStatus,
     check_pairs,
@@ -69,6 +72,7 @@ class Worker:
     in_flight: dict[int, Pending] = field(default_factory=dict)
     served: int = 0
     draining: bool = False
+    policy_version: int = -1  # as last reported in its Ready
 
     @property
     def free(self) -> int:
@@ -101,6 +105,8 @@ class Router:
         self.duplicates = 0
         self.bad_frames = 0
         self.dead_workers = 0
+        self.weights: WeightsAvailable | None = None  # the newest notice, for late joiners
+        self._weights_body = b""
 
     # --- events -----------------------------------------------------------------------------
 
@@ -273,6 +279,7 @@ class Router:
         if worker is not None and worker.service != msg.service:
             self._remove_worker(worker, "re-registered for another service", out)
             worker = None
+        joined = worker is None
         if worker is None:
             worker = Worker(identity, msg.worker, msg.service, max(1, msg.capacity), now)
             self.workers[identity] = worker
@@ -280,8 +287,11 @@ class Router:
             log.info("worker ready", worker=msg.worker, service=msg.service, capacity=msg.capacity)
         else:
             worker.capacity = max(1, msg.capacity)
+        worker.policy_version = msg.policy_version
         welcome = Welcome(hub=self.config.name, heartbeat_s=self.config.heartbeat_s)
         out.append((identity, [encode_envelope(Kind.CONTROL), encode(welcome)]))
+        if joined and self.weights is not None and self.weights.version > msg.policy_version:
+            out.append((identity, [encode_envelope(Kind.CONTROL), self._weights_body]))
         self._dispatch(msg.service, out)
 
     def _remove_worker(self, worker: Worker, why: str, out: list[Out]) -> None:
@@ -344,7 +354,9 @@ class Router:
             hub=self.config.name,
             uptime_s=now - self.started,
             workers=[
-                WorkerStatus(w.name, w.service, w.capacity, len(w.in_flight), w.served)
+                WorkerStatus(
+                    w.name, w.service, w.capacity, len(w.in_flight), w.served, w.policy_version
+                )
                 for w in self.workers.values()
             ],
             queued={s: len(q) for s, q in self.queues.items() if q},
@@ -362,6 +374,26 @@ class Router:
         """Ask every worker to stop."""
         body = encode(Shutdown(reason))
         return [(w.identity, [encode_envelope(Kind.CONTROL), body]) for w in self.workers.values()]
+
+    def broadcast_weights(self, msg_body: bytes) -> list[Out]:
+        """Send an encoded `WeightsAvailable` to every worker as a CONTROL message, and remember
+        the newest one so that a worker registering later gets it with its `Welcome`."""
+        try:
+            notice = decode(msg_body)
+        except ProtocolError as exc:
+            raise ValueError(
+                f"broadcast_weights needs an encoded WeightsAvailable: {exc}"
+            ) from None
+        if not isinstance(notice, WeightsAvailable):
+            raise ValueError(
+                f"broadcast_weights needs an encoded WeightsAvailable, got {type(notice).__name__}"
+            )
+        if self.weights is None or notice.version >= self.weights.version:
+            self.weights, self._weights_body = notice, msg_body
+        log.info("weights available", version=notice.version, endpoint=notice.endpoint)
+        return [
+            (w.identity, [encode_envelope(Kind.CONTROL), msg_body]) for w in self.workers.values()
+        ]
 
     def services(self) -> dict[str, int]:
         """Live workers per service."""

@@ -4,7 +4,10 @@ The rules of an episode live in `engine.episode.Episode`; this module only makes
 call gets `rules.request_timeout_s` per attempt and `rules.attempts` attempts (the hub has already
 re-sent requests whose worker died); when they run out the episode ends aborted with the reason.
 Every finished trajectory is published to the broker exactly once (the broker drops duplicate ids,
-so a publish retried after a lost reply is harmless).
+so a publish retried after a lost reply is harmless). A broker that refuses with `OVERLOADED` (it
+holds `max_pending` trajectories) is backpressure, not a failure: the episode keeps its slot and
+retries with capped exponential backoff until the broker takes the trajectory, so no new episode
+starts and at most `concurrency` finished trajectories wait in the scheduler.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Tally:
     running: int = 0
     published: int = 0
     publish_failed: int = 0
+    overload_waits: int = 0  # publishes refused with OVERLOADED and retried after a backoff
+    holding: int = 0  # finished trajectories waiting for an overloaded broker now
     terminal: dict[str, int] = field(default_factory=dict)
     judged: int = 0
     correct: int = 0
@@ -86,6 +91,7 @@ class Tally:
             "episodes": self.finished,
             "published": self.published,
             "publish_failed": self.publish_failed,
+            "overload_waits": self.overload_waits,
             "diagnosed": self.terminal.get(Terminal.DIAGNOSED.value, 0),
             "truncated": self.terminal.get(Terminal.TRUNCATED.value, 0),
             "aborted": self.terminal.get(Terminal.ABORTED.value, 0),
@@ -100,6 +106,10 @@ class Tally:
 
 
 class Scheduler:
+    #: Backoff while the broker is OVERLOADED: the first wait, doubled per refusal up to the cap.
+    overload_backoff_s: float = 0.01
+    overload_backoff_max_s: float = 1.0
+
     def __init__(
         self,
         client: Requester,
@@ -127,6 +137,7 @@ class Scheduler:
         # (e.g. `engine.admission.Admission.finished`); `admit` raising `AdmissionClosed` stops.
         self.release = release
         self._admitting: trio.CancelScope | None = None
+        self._backing_off: set[trio.CancelScope] = set()  # overload waits; stop() ends them
         self.tally = Tally()
         self._rng = random.Random(seed)
         self._order: list[int] = []
@@ -159,6 +170,11 @@ class Scheduler:
                         if self.release is not None:
                             self.release(False)
                         raise
+                    if self.stopping:  # stop() came while we waited for a slot
+                        limiter.release_on_behalf_of(group + str(sample))
+                        if self.release is not None:
+                            self.release(False)
+                        break
                     nursery.start_soon(self._run_one, case, group, sample, limiter, on_finish)
                     launched += 1
 
@@ -187,6 +203,8 @@ class Scheduler:
         self.stopping = True
         if self._admitting is not None:
             self._admitting.cancel()
+        for scope in self._backing_off:
+            scope.cancel()
 
     async def _run_one(
         self,
@@ -306,15 +324,82 @@ class Scheduler:
         raise CallFailed(f"{last} (after {attempt + 1} attempt{'s' if attempt else ''})")
 
     async def _publish(self, trajectory: Trajectory, bound: Any) -> bool:
+        """Publish with the rules' timeout and attempts; True if the broker took it.
+
+        `OVERLOADED` is not an attempt: the trajectory is held (its episode's slot stays taken) and
+        offered again after a capped exponential backoff, until the broker takes it or `stop()`
+        is called (then it counts as `publish_failed`, logged as an error).
+        """
+        rules = self.rules
+        request = Publish(trajectory)
+        failures = 0
+        refusals = 0
+        last = ""
         try:
-            reply = await self.call(self.broker, Publish(trajectory))
-        except CallFailed as exc:
-            self.tally.publish_failed += 1
-            bound.error("trajectory not published", trajectory_id=trajectory.id, error=str(exc))
-            return False
+            while True:
+                final = False
+                try:
+                    reply = await self.client.request(
+                        self.broker, request, timeout=rules.request_timeout_s
+                    )
+                except RemoteError as exc:
+                    if exc.code == ErrorCode.OVERLOADED:
+                        if refusals == 0:
+                            self.tally.holding += 1
+                        refusals += 1
+                        if await self._wait_overloaded(refusals):
+                            continue
+                        self.tally.publish_failed += 1
+                        bound.error(
+                            "trajectory not published: scheduler stopped while the broker was "
+                            "overloaded",
+                            trajectory_id=trajectory.id,
+                            overload_refusals=refusals,
+                        )
+                        return False
+                    last, final = str(exc), exc.code in _FINAL
+                except (RequestTimeout, HubUnreachable, ProtocolError) as exc:
+                    last = str(exc)
+                else:
+                    break
+                failures += 1
+                if final or failures >= rules.attempts:
+                    self.tally.publish_failed += 1
+                    bound.error(
+                        "trajectory not published",
+                        trajectory_id=trajectory.id,
+                        error=f"{last} (after {failures} attempt{'s' if failures > 1 else ''})",
+                    )
+                    return False
+                await trio.sleep(min(0.05 * 2 ** (failures - 1), 1.0))
+        finally:
+            if refusals:
+                self.tally.holding -= 1
         if isinstance(reply, Published):
             self.tally.published += 1
+            if refusals:
+                bound.info(
+                    "trajectory published after backpressure",
+                    trajectory_id=trajectory.id,
+                    overload_refusals=refusals,
+                )
             return True
         self.tally.publish_failed += 1
         bound.error("broker replied oddly", reply=type(reply).__name__)
         return False
+
+    async def _wait_overloaded(self, refusals: int) -> bool:
+        """Back off after the `refusals`-th OVERLOADED; False (at once) when stopped."""
+        if self.stopping:
+            return False
+        self.tally.overload_waits += 1
+        doubled = self.overload_backoff_s * 2 ** min(refusals - 1, 30)
+        delay = min(doubled, self.overload_backoff_max_s)
+        scope = trio.CancelScope()
+        self._backing_off.add(scope)
+        try:
+            with scope:
+                await trio.sleep(delay)
+        finally:
+            self._backing_off.discard(scope)
+        return not self.stopping

@@ -52,6 +52,17 @@ class SchedulerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cases_args: dict[str, Any] = {}
 
 
+class LearnerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A learner process: `python -m MODULE --hub EP --run-dir DIR --groups-per-step N
+    --config JSON --spec SPEC.json`. With a learner the scheduler admits episodes by AReaL's
+    staleness rule with `batch = groups_per_step * scheduler.group_size`."""
+
+    module: str = "trainers.learner"
+    groups_per_step: int = 8  # GRPO groups per training step
+    max_staleness: int = 1  # 0: synchronous RL
+    config: dict[str, Any] = {}  # the learner's own config, checked by the learner
+
+
 class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = "dxsim"
     run_dir: str = "runs"
@@ -59,6 +70,7 @@ class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scheduler: SchedulerSpec = SchedulerSpec()
     rules: Rules = Rules()
     services: dict[str, ServiceSpec] = {}
+    learner: LearnerSpec | None = None  # none: run episodes only (evaluation, data collection)
 
     def __post_init__(self) -> None:
         for required in ("patient", "examiner", "agent", "judge"):
@@ -82,6 +94,24 @@ class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"rules.dialect {self.rules.dialect!r} is not one of {DIALECTS}")
         if self.rules.max_turns < 1 or self.rules.attempts < 1:
             raise ValueError("rules.max_turns and rules.attempts must be at least 1")
+        if self.learner is not None:
+            if self.learner.groups_per_step < 1 or self.learner.max_staleness < 0:
+                raise ValueError(
+                    "learner.groups_per_step must be >= 1 and learner.max_staleness >= 0"
+                )
+            if not self.learner.module.replace(".", "").replace("_", "").isalnum():
+                raise ValueError(f"learner.module {self.learner.module!r} is not a module name")
+            for key, why in (
+                ("policy", "the learner's weights would not fit the agent's model"),
+                ("temperature", "the learner would train on another distribution than sampled"),
+            ):
+                agent = self.services["agent"].config.get(key)
+                trained = self.learner.config.get(key)
+                if agent != trained:
+                    raise ValueError(
+                        f"services.agent.config.{key} and learner.config.{key} differ: {why} "
+                        f"({agent} != {trained})"
+                    )
 
 
 def worker_plan(spec: ClusterSpec) -> dict[str, list[tuple[str, ServiceSpec]]]:

@@ -79,6 +79,9 @@ class Supervisor:
             worker.exits.append(code)
             if self.stopping:
                 return
+            if code == 0:  # a clean exit is a decision (a learner that finished), not a crash
+                log.info("worker process exited cleanly", worker=worker.name)
+                return
             if worker.restarts >= self.max_restarts:
                 log.error("worker keeps dying; not restarting", worker=worker.name, code=code)
                 return

@@ -3,7 +3,9 @@
 Run in-process with `serve()` or as a process hosting one or more actors:
 `python -m engine.worker --hub ENDPOINT --actors '[{"actor": "actors.judge:RulesJudge"}]'`.
 The worker repeats
-`Ready` every heartbeat period (that is its heartbeat), answers each request with the same id,
+`Ready` every heartbeat period (that is its heartbeat; it carries the actor's policy version, and
+is sent again as soon as a `WeightsAvailable` notice has been handled by `actor.on_weights`, one
+update at a time, the newest pending notice next), answers each request with the same id,
 turns handler failures into `Error` replies, and exits on `Shutdown`, when the hub has been silent
 for too long after a shutdown was requested, or when its parent process is gone.
 """
@@ -27,7 +29,7 @@ from engine.actor import Actor, ActorError, ConfigError, is_async
 from engine.logs import configure_logging
 from engine.security import CurveKeys, apply_client
 from engine.spec import Hosted
-from engine.transport import TrioSocket, make_socket
+from engine.transport import SocketClosed, TrioSocket, make_socket
 from protocols import (
     Error,
     ErrorCode,
@@ -35,6 +37,7 @@ from protocols import (
     ProtocolError,
     Ready,
     Shutdown,
+    WeightsAvailable,
     check_pairs,
     decode,
     decode_envelope,
@@ -79,11 +82,21 @@ class Worker:
         self._socket: TrioSocket | None = None
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
-        self._ready = encode(Ready(actor.service, capacity, name))
+        self._weights_running = False
+        self._weights_next: WeightsAvailable | None = None  # the newest notice not yet started
+
+    def _send_ready(self) -> None:
+        """Ready is the heartbeat; encoded fresh so it carries the current policy version."""
+        assert self._socket is not None
+        ready = Ready(self.actor.service, self.capacity, self.name, self.actor.policy_version)
+        self._socket.send([encode_envelope(Kind.CONTROL), encode(ready)])
 
     def _reply(self, msg_id: int, body: bytes) -> None:
         assert self._socket is not None
-        self._socket.send([encode_envelope(Kind.REPLY, msg_id), body])
+        try:
+            self._socket.send([encode_envelope(Kind.REPLY, msg_id), body])
+        except SocketClosed:  # a handler finished after shutdown: the hub re-sends its request
+            log.info("reply after the socket closed dropped", worker=self.name, msg_id=msg_id)
 
     def _on_message(self, frames: list[bytes]) -> None:
         try:
@@ -110,8 +123,35 @@ class Worker:
         if isinstance(msg, Shutdown):
             log.info("shutdown requested", worker=self.name, reason=msg.reason)
             self._stop.set()
+        elif isinstance(msg, WeightsAvailable):
+            self._on_weights(msg)
         elif isinstance(msg, Error):
             log.warning("hub error", worker=self.name, code=msg.code.name, error=msg.message)
+
+    def _on_weights(self, msg: WeightsAvailable) -> None:
+        """Start `actor.on_weights`, one at a time: notices arriving meanwhile are coalesced and
+        only the newest runs next."""
+        nxt = self._weights_next
+        if nxt is None or msg.version > nxt.version:
+            self._weights_next = msg
+        if not self._weights_running and self._nursery is not None:
+            self._weights_running = True
+            self._nursery.start_soon(self._apply_weights)
+
+    async def _apply_weights(self) -> None:
+        try:
+            while self._weights_next is not None:
+                msg, self._weights_next = self._weights_next, None
+                if msg.version <= self.actor.policy_version:
+                    continue  # already serving it (a re-sent notice)
+                log.info("applying weights", worker=self.name, version=msg.version)
+                try:
+                    await self.actor.on_weights(msg)
+                except Exception:  # noqa: BLE001 - a failed update leaves the old weights serving
+                    log.exception("on_weights failed", worker=self.name, version=msg.version)
+                self._send_ready()
+        finally:
+            self._weights_running = False
 
     def _on_request(self, msg_id: int, body: bytes) -> None:
         try:
@@ -156,10 +196,9 @@ class Worker:
         return Error(ErrorCode.WORKER_FAILED, f"{self.name}: {type(exc).__name__}: {exc}")
 
     async def _heartbeat(self) -> None:
-        assert self._socket is not None
         parent = os.getppid()
         while True:
-            self._socket.send([encode_envelope(Kind.CONTROL), self._ready])
+            self._send_ready()
             await trio.sleep(self.heartbeat_s)
             if os.getppid() != parent:
                 log.warning("parent process gone; stopping", worker=self.name)

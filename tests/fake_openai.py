@@ -1,18 +1,28 @@
 """A fake OpenAI-compatible server on loopback for tests: real HTTP, scripted answers.
 
 `serve_fake_openai(nursery, reply)` starts it and returns its base URL; `reply(path, body)` returns
-the text to answer (chat or completion), or raises to make the server answer HTTP 500.
+the text to answer (chat or completion), or an `Answer` to give per-token logprobs too (in OpenAI's
+formats: chat `choices[0].logprobs.content[i].logprob`, completions `logprobs.token_logprobs`), or
+raises to make the server answer HTTP 500.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-Reply = Callable[[str, dict[str, Any]], str]
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    logprobs: list[float] = field(default_factory=list)  # one per token; the tokens are made up
+
+
+Reply = Callable[[str, dict[str, Any]], "str | Answer"]
 
 
 async def serve_fake_openai(nursery: trio.Nursery, reply: Reply) -> str:
@@ -46,19 +56,25 @@ async def _handle(stream: trio.SocketStream, reply: Reply) -> None:
                 buf += await stream.receive_some(65536)
             body, buf = json.loads(buf[:length] or b"{}"), buf[length:]
             try:
-                text = reply(path, body)
+                answer = reply(path, body)
+                if isinstance(answer, str):
+                    answer = Answer(answer)
                 status = "200 OK"
+                choice: dict[str, Any] = {"finish_reason": "stop"}
                 if path.endswith("/chat/completions"):
-                    payload = {
-                        "choices": [
-                            {
-                                "message": {"role": "assistant", "content": text},
-                                "finish_reason": "stop",
-                            }
-                        ]
-                    }
+                    choice["message"] = {"role": "assistant", "content": answer.text}
+                    if answer.logprobs:
+                        choice["logprobs"] = {
+                            "content": [
+                                {"token": f"t{i}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                                for i, lp in enumerate(answer.logprobs)
+                            ]
+                        }
                 else:
-                    payload = {"choices": [{"text": text, "finish_reason": "stop"}]}
+                    choice["text"] = answer.text
+                    if answer.logprobs:
+                        choice["logprobs"] = {"token_logprobs": answer.logprobs}
+                payload = {"choices": [choice]}
             except Exception as exc:  # noqa: BLE001 - scripted failure
                 status, payload = "500 Internal Server Error", {"error": str(exc)}
             data = json.dumps(payload).encode()

@@ -267,3 +267,11 @@ def test_scheduler_stop_while_waiting_for_admission() -> None:
         assert s.tally.started == 1 and (a.accepted, a.running) == (1, 0)
 
     mock_run(main)
+
+
+def test_a_resumed_learner_counts_its_trained_batches_as_accepted() -> None:
+    a = Admission(batch=4, max_staleness=1)
+    a.resume_at(3)  # 3 steps were trained before the restart: 12 trajectories consumed
+    assert (a.version, a.accepted, a.free) == (3, 12, 8)  # (1 + 3 + 1) * 4 - 12
+    a.resume_at(2)  # older news changes nothing
+    assert (a.version, a.accepted) == (3, 12)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
+import trio.testing
 
 from engine.actor import ActorError
 from engine.broker import Broker, BrokerConfig
@@ -29,11 +31,11 @@ async def test_groups_leases_and_duplicates(tmp_path) -> None:  # noqa: ANN001
     broker = Broker(BrokerConfig(jsonl=str(tmp_path / "t.jsonl")))
     await broker.start()
     assert broker.publish(Publish(traj("g1", 1, 2))).duplicate is False
-    assert broker.pull(Pull(max_groups=5)).groups == []  # g1 is not complete yet
+    assert (await broker.pull(Pull(max_groups=5))).groups == []  # g1 is not complete yet
     assert broker.publish(Publish(traj("g1", 1, 2))).duplicate is True
     broker.publish(Publish(traj("g1", 0, 2)))
     broker.publish(Publish(traj("g2", 0, 1)))
-    got = broker.pull(Pull(max_groups=1))
+    got = await broker.pull(Pull(max_groups=1))
     assert [[t.sample for t in g] for g in got.groups] == [[0, 1]] and got.lease
     stats = broker.stats(BrokerStatsQuery())
     assert (stats.received, stats.duplicates, stats.pending, stats.leased) == (3, 1, 1, 2)
@@ -57,9 +59,9 @@ async def test_durable_broker_restarts_from_its_log(tmp_path) -> None:  # noqa: 
     with pytest.raises(ActorError) as exc:  # backpressure: max_pending reached
         broker.publish(Publish(traj("g3", 0, 1)))
     assert exc.value.code is ErrorCode.OVERLOADED
-    first = broker.pull(Pull(max_groups=1, lease_s=5.0))
+    first = await broker.pull(Pull(max_groups=1, lease_s=5.0))
     assert broker.ack(Ack(first.lease)).count == 2
-    second = broker.pull(Pull(max_groups=1, lease_s=5.0))
+    second = await broker.pull(Pull(max_groups=1, lease_s=5.0))
     now[0] = 6.0  # the lease on g2 expires: re-delivered, its ack refused
     stats = broker.stats(BrokerStatsQuery())
     assert (stats.received, stats.pending, stats.leased, stats.acked) == (3, 1, 0, 2)
@@ -70,7 +72,34 @@ async def test_durable_broker_restarts_from_its_log(tmp_path) -> None:  # noqa: 
     broker = Broker(config)
     await broker.start()
     assert broker.publish(Publish(traj("g1", 0, 2))).duplicate is True  # acked before restart
-    again = broker.pull(Pull(max_groups=5))
+    again = await broker.pull(Pull(max_groups=5))
     assert [[t.id for t in g] for g in again.groups] == [["g2.0/t"]]
     assert broker.ack(Ack(again.lease)).count == 1
     await broker.close()
+
+
+async def test_long_poll_returns_when_a_group_completes() -> None:
+    broker = Broker()
+    await broker.start()
+    got: list = []
+
+    async def learner() -> None:
+        got.append(await broker.pull(Pull(max_groups=2, wait_s=30.0)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(learner)
+        await trio.testing.wait_all_tasks_blocked()
+        broker.publish(Publish(traj("g1", 0, 2)))  # incomplete: the poll keeps waiting
+        await trio.testing.wait_all_tasks_blocked()
+        assert not got
+        broker.publish(Publish(traj("g1", 1, 2)))
+    assert [[t.sample for t in g] for g in got[0].groups] == [[0, 1]]
+
+
+async def test_long_poll_ends_empty_at_its_deadline(autojump_clock) -> None:  # noqa: ANN001
+    broker = Broker()
+    await broker.start()
+    t0 = trio.current_time()
+    reply = await broker.pull(Pull(max_groups=1, wait_s=5.0))
+    assert reply.groups == [] and reply.lease == ""
+    assert trio.current_time() - t0 == pytest.approx(5.0)

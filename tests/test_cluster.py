@@ -262,6 +262,13 @@ def test_env_client_status_and_down(tmp_path: Path) -> None:
         ("[rules]\n", "[rules]\nmax_turns = 0\n", "max_turns"),
         ("[rules]\n", '[rules]\ndialect = "klingon"\n', "klingon"),
         ("[rules]\n", "[rules\n", "not valid TOML"),
+        ("[head]\n", "[learner]\nmax_staleness = -1\n[head]\n", "max_staleness"),
+        ("[head]\n", "[learner]\ngroups_per_stepp = 2\n[head]\n", "groups_per_stepp"),
+        (
+            "[head]\n",
+            "[learner]\nconfig = { policy = { layers = 3 } }\n[head]\n",
+            "learner.config.policy differ",
+        ),
     ],
 )
 def test_bad_specs_fail_clearly(tmp_path: Path, old: str, new: str, message: str) -> None:
