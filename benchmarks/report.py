@@ -106,6 +106,13 @@ COMPARISONS: tuple[Comparison, ...] = (
         "<=",
         1.1,
     ),
+    Comparison(
+        "weight sync, 100M fp32 params to 4 agents (verified fetch / raw ZeroMQ)",
+        ("weight_sync", "fetch_4"),
+        ("weight_sync", "raw_4"),
+        ">=",
+        0.5,
+    ),
 )
 
 

@@ -430,8 +430,9 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
     return summary
 
 
-def learning_summary(run_dir: Path, window: int = 10) -> dict[str, Any]:
-    """Start and end of the learner's curve (means of its first and last `window` steps)."""
+def learning_summary(run_dir: Path) -> dict[str, Any]:
+    """Start and end of the learner's curve: means over its first and last tenth of the steps
+    (10 to 50 steps each; one step's 64 episodes are too few to read alone)."""
     rows = []
     path = run_dir / "metrics.jsonl"
     if path.exists():
@@ -442,6 +443,7 @@ def learning_summary(run_dir: Path, window: int = 10) -> dict[str, Any]:
                 continue  # a torn last line from a killed learner
     if not rows:
         return {}
+    window = min(50, max(10, len(rows) // 10))
     first, last = rows[:window], rows[-window:]
 
     def mean(part: list[dict[str, Any]], key: str) -> float:
@@ -575,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--resume", action="store_true", help="continue the latest run from its last checkpoint"
     )
+    up.add_argument("--minutes", type=float, default=None, help="override learner minutes")
+    up.add_argument("--steps", type=int, default=None, help="override learner steps")
     st = sub.add_parser("status", help="report a running cluster")
     st.add_argument("--run-dir", default="runs")
     dn = sub.add_parser("down", help="drain and stop a running cluster")
@@ -592,6 +596,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.episodes is not None:
                 changes["scheduler"] = msgspec.structs.replace(
                     spec.scheduler, episodes=args.episodes
+                )
+            learner_changes = {
+                k: v for k, v in (("minutes", args.minutes), ("steps", args.steps)) if v is not None
+            }
+            if learner_changes:
+                if spec.learner is None:
+                    raise ConfigError("--minutes and --steps need a spec with a [learner]")
+                changes["learner"] = msgspec.structs.replace(
+                    spec.learner, config={**spec.learner.config, **learner_changes}
                 )
             spec = msgspec.structs.replace(spec, **changes) if changes else spec
             summary = trio.run(

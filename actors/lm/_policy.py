@@ -1,0 +1,285 @@
+"""The policy: tokenizer + tiny Qwen2 + action grammar; prompt encoding, sampling, scoring.
+
+`generate` (the agent) and `sequence_logprobs` (the learner) compute the same constrained
+distribution: logits at the position before each completion token, masked to the tokens the
+grammar allows there, log-softmaxed. For unchanged weights their logprobs agree to float error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from actors.lm._config import PolicyConfig
+from actors.lm._grammar import ActionGrammar
+from actors.lm._prompt import intro_text, step_text
+from actors.lm._tokenizer import ACT, BOS, PAD, build_tokenizer
+from protocols.messages import Intro, Step
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Policy", "build_policy", "encode_prompt", "generate", "sequence_logprobs"]
+
+
+@dataclasses.dataclass
+class Policy:
+    """What both the agent and the learner hold. `dataclasses.replace(p, grammar=...)` gives a
+    view with a restricted action space sharing the same model."""
+
+    config: PolicyConfig
+    tokenizer: Any  # tokenizers.Tokenizer
+    model: Any  # transformers Qwen2ForCausalLM
+    grammar: ActionGrammar
+    pad_id: int
+    bos_id: int
+    act_id: int
+
+
+def _grammar(config: PolicyConfig) -> ActionGrammar:
+    tok, actions = build_tokenizer(config)
+    return _grammar_of(tok, actions)
+
+
+@functools.cache
+def _grammar_of(tok: Any, actions: tuple[str, ...]) -> ActionGrammar:
+    seqs = [tok.encode(a).ids for a in actions]  # type: ignore[attr-defined]
+    return ActionGrammar(actions, seqs, tok.get_vocab_size())  # type: ignore[attr-defined]
+
+
+def build_policy(config: PolicyConfig) -> Policy:
+    """A fresh version-0 policy; the same config gives the same vocab and weights everywhere."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok, _ = build_tokenizer(config)
+    grammar = _grammar(config)
+    vocab = tok.get_vocab_size()  # type: ignore[attr-defined]
+    qcfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_prompt_tokens + grammar.max_len + 8,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=True,
+        pad_token_id=tok.token_to_id(PAD),  # type: ignore[attr-defined]
+        bos_token_id=tok.token_to_id(BOS),  # type: ignore[attr-defined]
+        eos_token_id=tok.token_to_id(PAD),  # type: ignore[attr-defined]
+        use_cache=True,
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(config.seed)
+        model = Qwen2ForCausalLM(qcfg)
+    finally:
+        torch.random.set_rng_state(state)  # building a policy does not disturb the caller's RNG
+    model.eval()
+    return Policy(
+        config=config,
+        tokenizer=tok,
+        model=model,
+        grammar=grammar,
+        pad_id=tok.token_to_id(PAD),  # type: ignore[attr-defined]
+        bos_id=tok.token_to_id(BOS),  # type: ignore[attr-defined]
+        act_id=tok.token_to_id(ACT),  # type: ignore[attr-defined]
+    )
+
+
+def encode_prompt(policy: Policy, intro: Intro, steps: Sequence[Step]) -> list[int]:
+    """`<|bos|>` + intro + as many of the latest steps as fit + `<|act|>`, at most
+    `max_prompt_tokens` ids. The oldest steps go first; a single step too long for the room
+    left keeps its end. Parts are tokenized separately (each ends in a line break)."""
+    tok = policy.tokenizer
+    budget = policy.config.max_prompt_tokens
+    head = [policy.bos_id, *tok.encode(intro_text(intro)).ids][: budget - 1]
+    room = budget - len(head) - 1
+    parts = [tok.encode(step_text(s)).ids for s in steps]
+    kept: list[list[int]] = []
+    for ids in reversed(parts):
+        if room <= 0:
+            break
+        if len(ids) > room:
+            kept.append(ids[len(ids) - room :])
+            break
+        kept.append(ids)
+        room -= len(ids)
+    return [*head, *(t for ids in reversed(kept) for t in ids), policy.act_id]
+
+
+def _batch(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, ...]:
+    """Left-padded ids, attention mask, position ids (0 at each row's first real token)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            att[i, width - len(r) :] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    return ids, att, pos
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab: int) -> None:
+    if not prompts:
+        raise ValueError("no prompts")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if min(p) < 0 or max(p) >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
+
+
+def generate(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    max_new_tokens: int | None = None,
+    grammar: ActionGrammar | None = None,
+) -> list[tuple[list[int], list[float]]]:
+    """Sample one action per prompt under the grammar: (token ids, logprob of each token).
+
+    Batched with left padding and a KV cache; a row stops when its action is complete. Each row
+    draws from its own generator seeded by `seeds[i]` (reproducible whatever the batch), else
+    from `generator` (or torch's global RNG). Logprobs are those of the masked, temperature-scaled
+    distribution sampled from; a forced token (the only one allowed) has logprob 0 and draws no
+    random number. Rows cut by `max_new_tokens` return an incomplete action."""
+    import torch
+    from transformers import DynamicCache
+
+    grammar = grammar or policy.grammar
+    _check_prompts(prompts, grammar.vocab)
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use a small value for near-greedy decoding)")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    limit = grammar.max_len if max_new_tokens is None else max_new_tokens
+    gens = (
+        [torch.Generator().manual_seed(int(s) & ((1 << 63) - 1)) for s in seeds]
+        if seeds is not None
+        else None
+    )
+    model = policy.model
+    n = len(prompts)
+    ids, att, pos = _batch(prompts, policy.pad_id)
+    nodes = [0] * n
+    out: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
+    done = [False] * n
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        step_ids, step_pos = ids, pos
+        for _ in range(limit):
+            hidden = model.model(
+                input_ids=step_ids,
+                attention_mask=att,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+            logits = model.lm_head(hidden).float() / temperature
+            mask = torch.stack([grammar.node_mask(nd) for nd in nodes])
+            logp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+            nxt = [policy.pad_id] * n
+            for i in range(n):
+                if done[i]:
+                    continue
+                kids = grammar.children(nodes[i])
+                if len(kids) == 1:
+                    tok, lp = kids[0], 0.0
+                else:
+                    probs = logp[i].exp()
+                    g = gens[i] if gens is not None else generator
+                    tok = int(torch.multinomial(probs, 1, generator=g))
+                    lp = float(logp[i, tok])
+                out[i][0].append(tok)
+                out[i][1].append(lp)
+                nodes[i] = grammar.step(nodes[i], tok)
+                nxt[i] = tok
+                done[i] = grammar.is_complete(nodes[i])
+            if all(done):
+                break
+            step_ids = torch.tensor(nxt, dtype=torch.long)[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            att = torch.cat([att, torch.ones((n, 1), dtype=att.dtype)], dim=1)
+    return out
+
+
+def sequence_logprobs(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    constrained: bool = True,
+    temperature: float = 1.0,
+    grammar: ActionGrammar | None = None,
+) -> list[torch.Tensor]:
+    """Per-token logprobs of each completion under the model's current weights (differentiable).
+
+    With `constrained`, the log-softmax is over the tokens the grammar allows at each position,
+    exactly the distribution `generate` sampled from (same `temperature` and `grammar`)."""
+    return sequence_scores(
+        policy,
+        prompts,
+        completions,
+        constrained=constrained,
+        temperature=temperature,
+        grammar=grammar,
+    )[0]
+
+
+def sequence_scores(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    constrained: bool = True,
+    temperature: float = 1.0,
+    grammar: ActionGrammar | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`sequence_logprobs`, and the entropy of the (constrained) distribution at each completion
+    position, both differentiable: the learner's entropy bonus uses the exact entropy."""
+    import torch
+
+    grammar = grammar or policy.grammar
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    _check_prompts(prompts, grammar.vocab)
+    rows = [[*p, *c] for p, c in zip(prompts, completions, strict=True)]
+    ids, att, pos = _batch(rows, policy.pad_id)
+    width = ids.shape[1]
+    hidden = policy.model.model(
+        input_ids=ids, attention_mask=att, position_ids=pos
+    ).last_hidden_state
+    # positions predicting each completion token: the one before it
+    picks_row, picks_col, targets, masks = [], [], [], []
+    for i, c in enumerate(completions):
+        start = width - len(c) - 1
+        picks_row += [i] * len(c)
+        picks_col += range(start, start + len(c))
+        targets += [int(t) for t in c]
+        if constrained and len(c):
+            masks.append(grammar.mask(c))
+    if not targets:
+        empty = [torch.zeros(0) for _ in completions]
+        return empty, list(empty)
+    h = hidden[torch.tensor(picks_row), torch.tensor(picks_col)]
+    logits = policy.model.lm_head(h).float() / temperature
+    if constrained:
+        logits = logits.masked_fill(~torch.cat(masks), float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(1, torch.tensor(targets)[:, None])[:, 0]
+    p = logp.exp()
+    # masked tokens have p = 0 and logp = -inf: zero them first (0 * -inf is nan, in the backward
+    # pass too), so only the allowed tokens count
+    entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=-1)
+    sizes = [len(c) for c in completions]
+    return list(torch.split(chosen, sizes)), list(torch.split(entropy, sizes))

@@ -1,0 +1,138 @@
+"""The learner loop against a real hub and broker: it leases groups, steps, acks, publishes each
+version on its weight server and announces it to the head, records metrics, checkpoints, and a
+second learner in the same run directory resumes where the first stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+import zmq
+
+torch = pytest.importorskip("torch")
+
+from actors.lm import PolicyConfig, build_policy, generate  # noqa: E402
+from engine.actor import Actor, handles  # noqa: E402
+from engine.broker import Broker  # noqa: E402
+from engine.client import local_client  # noqa: E402
+from engine.hub import Hub  # noqa: E402
+from engine.routing import RouterConfig  # noqa: E402
+from engine.worker import serve  # noqa: E402
+from protocols import (  # noqa: E402
+    BrokerStats,
+    BrokerStatsQuery,
+    Publish,
+    Shutdown,
+    Status,
+    Terminal,
+    Trajectory,
+    Turn,
+    VersionApplied,
+    WeightsAvailable,
+    pack_floats,
+    pack_ids,
+)
+from tests.fakes import verdict  # noqa: E402
+from trainers.learner import LearnerConfig, learn  # noqa: E402
+
+TINY = PolicyConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=600)
+
+
+class FakeHead(Actor):
+    """The head's side of the learner protocol: version notices and the final Shutdown."""
+
+    service = "head"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: list[int] = []
+        self.endpoints: set[str] = set()
+        self.shutdowns: list[str] = []
+
+    @handles(WeightsAvailable)
+    def weights(self, msg: WeightsAvailable) -> VersionApplied:
+        self.versions.append(msg.version)
+        self.endpoints.add(msg.endpoint)
+        return VersionApplied("head", msg.version)
+
+    @handles(Shutdown)
+    def shutdown(self, msg: Shutdown) -> Status:
+        self.shutdowns.append(msg.reason)
+        return Status("head", 0.0, [], {}, 0, 0)
+
+
+def trajectories(n_groups: int, size: int = 4) -> list[Trajectory]:
+    """Groups whose samples are real policy outputs; half of each group is rewarded."""
+    policy = build_policy(TINY)
+    ids = [policy.bos_id, *policy.tokenizer.encode("M 61 | cough").ids, policy.act_id]
+    out = []
+    for g in range(n_groups):
+        for s in range(size):
+            tokens, logprobs = generate(policy, [ids], seeds=[g * size + s])[0]
+            turn = Turn(
+                index=0,
+                text="",
+                action=None,
+                observation=None,
+                prompt_ids=pack_ids(ids),
+                token_ids=pack_ids(tokens),
+                logprobs=pack_floats(logprobs),
+            )
+            out.append(
+                Trajectory(
+                    id=f"g{g}.{s}",
+                    episode_id=f"g{g}.{s}",
+                    case_id=f"c{g}",
+                    group_id=f"g{g}",
+                    sample=s,
+                    group_size=size,
+                    turns=[turn],
+                    terminal=Terminal.DIAGNOSED,
+                    reason="diagnosed",
+                    verdict=verdict(correct=s % 2 == 0),
+                )
+            )
+    return out
+
+
+async def run_learner(run_dir: Path, steps: int, published: list[Trajectory]) -> tuple:
+    ctx = zmq.Context()
+    config = LearnerConfig(policy=TINY, steps=steps, checkpoint_every=1, poll_s=0.2)
+    head, broker = FakeHead(), Broker()
+    async with trio.open_nursery() as nursery:
+        hub = Hub(["tcp://127.0.0.1:*"], ctx=ctx, config=RouterConfig(heartbeat_s=0.5))
+        ep = (await nursery.start(hub.run))[0]
+        for actor in (head, broker):
+            await nursery.start(lambda a=actor, **kw: serve(a, ep, ctx=ctx, **kw))
+        client = local_client(hub, nursery, "test")
+        for t in published:
+            await client.request("broker", Publish(t))
+        learner = await learn(ep, config, groups_per_step=2, run_dir=run_dir)
+        stats = await client.request("broker", BrokerStatsQuery())
+        nursery.cancel_scope.cancel()
+    return head, stats, learner
+
+
+async def test_learner_trains_publishes_and_resumes(tmp_path: Path) -> None:
+    data = trajectories(6)
+    head, stats, learner = await run_learner(tmp_path, 2, data)
+    assert head.versions == [0, 1, 2]  # version 0 first: where this learner starts
+    assert head.shutdowns == ["training finished"]
+    assert isinstance(stats, BrokerStats)
+    assert (stats.acked, stats.pending) == (16, 8)  # 2 steps x 2 groups x 4; 2 groups left
+    assert len(head.endpoints) == 1  # one weight server for the whole run
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    assert all(x["accuracy"] == 0.5 and x["trajectories"] == 8 for x in lines)
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+
+    # A new learner in the same run directory resumes at version 2 and takes one more step
+    # (the broker of this test is new, so it gets the groups again).
+    head, _, learner = await run_learner(tmp_path, 3, data)
+    assert head.versions == [2, 3] and learner.trainer.steps == 3
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert lines[2]["elapsed_s"] >= lines[1]["elapsed_s"]

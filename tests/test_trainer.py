@@ -1,0 +1,117 @@
+"""The GRPO step on the real tiny policy: it moves probability toward rewarded actions, and a
+checkpoint restores model, optimiser and version exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from actors.lm import PolicyConfig, generate, sequence_logprobs  # noqa: E402
+from trainers.batch import Row, TrainBatch  # noqa: E402
+from trainers.trainer import OptimConfig, Trainer  # noqa: E402
+
+TINY = PolicyConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=600)
+
+
+def prompt(policy) -> list[int]:  # noqa: ANN001
+    return [policy.bos_id, *policy.tokenizer.encode("F 40 | chest pain").ids, policy.act_id]
+
+
+def logprob_of(trainer: Trainer, ids: list[int], completion: list[int]) -> float:
+    with torch.no_grad():
+        return float(sequence_logprobs(trainer.policy, [ids], [completion])[0].sum())
+
+
+def batch_for(trainer: Trainer, good: list[int], bad: list[int], ids: list[int]) -> TrainBatch:
+    """A group of four: two samples of the rewarded action, two of the other."""
+    rows = []
+    for completion, adv in ((good, 1.0), (good, 1.0), (bad, -1.0), (bad, -1.0)):
+        with torch.no_grad():
+            behav = sequence_logprobs(trainer.policy, [ids], [completion])[0].tolist()
+        rows.append(Row(ids, completion, behav, adv, trainer.version))
+    return TrainBatch(rows=rows, trajectories=4, groups=1)
+
+
+def test_steps_raise_the_rewarded_action_and_lower_the_other() -> None:
+    trainer = Trainer(TINY, OptimConfig(lr=1e-2))
+    ids = prompt(trainer.policy)
+    (good, _), (bad, _) = generate(trainer.policy, [ids, ids], seeds=[1, 2])
+    if good == bad:
+        (bad, _) = generate(trainer.policy, [ids], seeds=[3])[0]
+    assert good != bad
+    before = logprob_of(trainer, ids, good), logprob_of(trainer, ids, bad)
+    for _ in range(5):
+        metrics = trainer.step(batch_for(trainer, good, bad, ids))
+    after = logprob_of(trainer, ids, good), logprob_of(trainer, ids, bad)
+    assert after[0] > before[0] and after[1] < before[1]
+    assert trainer.version == trainer.steps == 5
+    assert metrics["tokens"] > 0 and metrics["grad_norm"] > 0
+
+
+def test_a_batch_without_signal_is_a_version_but_no_update() -> None:
+    trainer = Trainer(TINY, OptimConfig())
+    ids = prompt(trainer.policy)
+    (tokens, logprobs) = generate(trainer.policy, [ids], seeds=[0])[0]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    flat = TrainBatch(rows=[Row(ids, tokens, logprobs, 0.0, 0)], trajectories=1, groups=1)
+    assert trainer.step(flat)["loss"] == 0.0
+    assert trainer.version == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    trainer = Trainer(TINY, OptimConfig(lr=1e-2))
+    ids = prompt(trainer.policy)
+    (good, _), (bad, _) = generate(trainer.policy, [ids, ids], seeds=[1, 5])
+    trainer.step(batch_for(trainer, good, bad, ids))
+    path = tmp_path / "ck" / "latest.pt"
+    trainer.save(path, {"elapsed_s": 12.5})
+    other = Trainer(TINY, OptimConfig(lr=1e-2))
+    assert other.load(path) == {"elapsed_s": 12.5}
+    assert other.version == trainer.version == 1
+    theirs = other.model.state_dict()
+    for k, a in trainer.model.state_dict().items():
+        assert torch.equal(a, theirs[k]), k
+    # the optimiser state came back too: the next step is identical on both
+    batch = batch_for(trainer, good, bad, ids)
+    trainer.step(batch)
+    other.step(batch)
+    for a, b in zip(trainer.model.parameters(), other.model.parameters(), strict=True):
+        assert torch.allclose(a, b)
+
+
+def test_a_checkpoint_of_another_policy_is_refused(tmp_path: Path) -> None:
+    trainer = Trainer(TINY, OptimConfig())
+    trainer.save(tmp_path / "latest.pt")
+    wider = PolicyConfig(layers=1, hidden=32, heads=2, kv_heads=1, vocab=600)
+    other = Trainer(wider, OptimConfig())
+    with pytest.raises(ValueError, match="another policy config"):
+        other.load(tmp_path / "latest.pt")
+
+
+def test_the_entropy_bonus_spreads_a_peaked_policy() -> None:
+    """With no reward signal at all, the entropy bonus alone moves the policy toward uniform
+    over the allowed actions (and its gradient is finite despite the masked -inf logits)."""
+    from actors.lm import sequence_scores
+
+    trainer = Trainer(TINY, OptimConfig(lr=1e-2))
+    ids = prompt(trainer.policy)
+    (good, _), (bad, _) = generate(trainer.policy, [ids, ids], seeds=[1, 2])
+    for _ in range(5):  # first make it peaked: reward one action
+        trainer.step(batch_for(trainer, good, bad, ids))
+    with torch.no_grad():
+        peaked = float(sequence_scores(trainer.policy, [ids], [good])[1][0][0])
+    spread = Trainer(TINY, OptimConfig(lr=1e-2, entropy_coef=1.0))
+    spread.model.load_state_dict(trainer.model.state_dict())
+    flat = TrainBatch(rows=[Row(ids, good, [0.0] * len(good), 0.0, 0)], trajectories=1, groups=1)
+    for _ in range(5):
+        metrics = spread.step(flat)
+    with torch.no_grad():
+        after = float(sequence_scores(spread.policy, [ids], [good])[1][0][0])
+    assert after > peaked
+    assert metrics["entropy"] > 0 and all(
+        p.grad is None or torch.isfinite(p.grad).all() for p in spread.model.parameters()
+    )

@@ -1,0 +1,104 @@
+"""From leased GRPO groups to training rows: one row per generated agent turn.
+
+A trajectory's reward (the Judge's `Verdict.reward`; an aborted episode without a verdict gets
+`aborted_reward`) is normalised within its group (all samples of one case) into an advantage that
+every turn of the trajectory shares. A turn trains on its completion tokens given its prompt, with
+the log-probabilities and the policy version the agent recorded when it generated them, so the
+learner can correct for stale behaviour policies. Turns without token ids (a scripted or API agent)
+are skipped: there is nothing to train on.
+
+Pure Python plus torch for the advantage arithmetic; no model, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols import Diagnose, Terminal, Trajectory, unpack_floats, unpack_ids
+
+__all__ = ["Row", "TrainBatch", "build_batch"]
+
+
+@dataclass(frozen=True)
+class Row:
+    prompt: list[int]
+    completion: list[int]
+    behav_logprobs: list[float]
+    advantage: float
+    version: int  # the policy version that generated the completion
+
+
+@dataclass
+class TrainBatch:
+    rows: list[Row]
+    trajectories: int
+    groups: int
+    rewards: list[float] = field(default_factory=list)  # one per trajectory
+    correct: list[bool] = field(default_factory=list)
+    exam_f1: list[float] = field(default_factory=list)
+    turns: list[int] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # one per row
+    diagnoses: set[str] = field(default_factory=set)  # distinct ones: a collapse shows here
+    aborted: int = 0
+    skipped_turns: int = 0  # turns with no token ids, or ids and logprobs that disagree
+
+    def stats(self, learner_version: int) -> dict[str, float]:
+        """Episode-level means of what the batch holds, and staleness against the learner."""
+        n = max(len(self.rewards), 1)
+        stale = [learner_version - v for v in self.versions] or [0]
+        return {
+            "trajectories": float(self.trajectories),
+            "groups": float(self.groups),
+            "rows": float(len(self.rows)),
+            "reward": sum(self.rewards) / n,
+            "accuracy": sum(self.correct) / n,
+            "exam_f1": sum(self.exam_f1) / n,
+            "turns": sum(self.turns) / n,
+            "distinct_diagnoses": float(len(self.diagnoses)),
+            "aborted": float(self.aborted),
+            "staleness_mean": sum(stale) / len(stale),
+            "staleness_max": float(max(stale)),
+            "skipped_turns": float(self.skipped_turns),
+        }
+
+
+def _advantages(rewards: list[float], scale: bool) -> list[float]:
+    """GRPO: `(r - mean) / std` within one group; 0 when the group has no spread."""
+    import torch
+
+    from trainers.grpo import group_advantages  # torch, imported when a batch is built
+
+    r = torch.tensor(rewards, dtype=torch.float64)
+    return group_advantages(r, torch.zeros(len(rewards), dtype=torch.long), scale=scale).tolist()
+
+
+def build_batch(
+    groups: list[list[Trajectory]], *, aborted_reward: float = 0.0, scale: bool = True
+) -> TrainBatch:
+    batch = TrainBatch(rows=[], trajectories=0, groups=len(groups))
+    for group in groups:
+        rewards = []
+        for t in group:
+            reward = t.verdict.reward if t.verdict is not None else aborted_reward
+            rewards.append(reward)
+            batch.rewards.append(reward)
+            batch.correct.append(bool(t.verdict and t.verdict.correct))
+            batch.exam_f1.append(t.verdict.exam_f1 if t.verdict is not None else 0.0)
+            batch.turns.append(len(t.turns))
+            batch.aborted += t.terminal is Terminal.ABORTED
+            last = t.turns[-1].action if t.turns else None
+            if isinstance(last, Diagnose):
+                batch.diagnoses.add(last.name.lower())
+        batch.trajectories += len(group)
+        for t, adv in zip(group, _advantages(rewards, scale), strict=True):
+            for turn in t.turns:
+                ids = unpack_ids(turn.token_ids)
+                logprobs = unpack_floats(turn.logprobs)
+                if not ids or len(ids) != len(logprobs):
+                    batch.skipped_turns += 1
+                    continue
+                batch.rows.append(
+                    Row(unpack_ids(turn.prompt_ids), ids, logprobs, adv, turn.policy_version)
+                )
+                batch.versions.append(turn.policy_version)
+    return batch

@@ -1,0 +1,98 @@
+"""The learning curve of a run: `metrics.jsonl` (+ `baselines.json`) -> `learning_curve.png`.
+
+Five panels against training minutes: mean reward, diagnosis accuracy, exam F1, turns per episode
+and staleness (learner version minus the version that generated each turn). Raw per-step values
+are drawn faint with a moving average on top; the scripted baselines of the same run (random and
+naive-Bayes clinician) are horizontal lines. `python -m trainers.curves RUN_DIR` redraws it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_learning_curve", "read_metrics", "smooth"]
+
+PANELS = (
+    ("reward", "mean reward"),
+    ("accuracy", "diagnosis accuracy"),
+    ("exam_f1", "exam F1"),
+    ("turns", "turns per episode"),
+    ("staleness_mean", "staleness (versions)"),
+)
+BASELINE_STYLE = {"random": ("tab:gray", ":"), "heuristic": ("tab:green", "--")}
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Metric lines; a torn last line (the learner was killed mid-write) is skipped."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what exists so far)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Draw the curve; None when there is nothing to draw yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    baselines_path = run_dir / "baselines.json"
+    baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else {}
+    minutes = [r["elapsed_s"] / 60 for r in rows]
+    window = max(1, len(rows) // 20)
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.2 * len(PANELS)), sharex=True)
+    for ax, (key, label) in zip(axes, PANELS, strict=True):
+        values = [float(r.get(key, 0.0)) for r in rows]
+        ax.plot(minutes, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        ax.plot(minutes, smooth(values, window), color="tab:blue", label="hf agent (GRPO)")
+        for name, result in baselines.items():
+            if key in result:
+                color, style = BASELINE_STYLE.get(name, ("tab:red", "-."))
+                ax.axhline(result[key], color=color, linestyle=style, label=f"{name} baseline")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    axes[-1].set_xlabel("training minutes")
+    last = rows[-1]
+    fig.suptitle(
+        f"{run_dir.name}: {last['step']} steps, {last['episodes']} episodes, "
+        f"accuracy {smooth([r['accuracy'] for r in rows], window)[-1]:.3f}"
+    )
+    fig.tight_layout()
+    path = out or run_dir / "learning_curve.png"
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: python -m trainers.curves RUN_DIR\n")
+        sys.exit(2)
+    result = plot_learning_curve(Path(sys.argv[1]))
+    sys.stdout.write(f"{result}\n" if result else "no metrics yet\n")

@@ -1,0 +1,226 @@
+"""One GRPO optimisation step on a `TrainBatch`, and the checkpoint that lets a run resume.
+
+The policy is `actors.lm`'s tiny causal LM. Log-probabilities are recomputed under the grammar's
+mask, i.e. over exactly the constrained distribution the agent sampled from, so the importance
+ratios compare like with like. With one minibatch per batch (the default) the proximal policy is
+the current weights and `prox_logp = logp.detach()` (ratio 1, no second forward pass); with
+several minibatches the proximal log-probabilities are computed once, without gradient, before the
+first update. The behaviour policy's recorded log-probabilities give the decoupled correction for
+stale turns (`trainers.grpo.grpo_loss`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors.lm import Policy, PolicyConfig, build_policy, sequence_scores
+from trainers.batch import Row, TrainBatch
+
+__all__ = ["OptimConfig", "Trainer"]
+
+
+class OptimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    lr: float = 5e-4  # 2e-3 collapses the tiny policy onto one diagnosis (offline check)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eps_low: float = 0.2
+    eps_high: float = 0.28  # DAPO's clip-higher
+    behav_cap: float = 5.0  # decoupled correction: drop tokens whose prox/behav weight exceeds it
+    # k3 KL to the initial policy (near uniform over the actions); 0 skips the reference model.
+    kl_coef: float = 0.0
+    # Exact entropy of the constrained action distribution at every trained token, as a bonus:
+    # keeps the policy from collapsing onto the few diagnoses that a rare success pushes up for
+    # every patient (Adam turns a one-success batch into a full-size step).
+    entropy_coef: float = 0.0
+    minibatches: int = 1
+    norm: str = "token"  # or "sequence"
+
+
+class Trainer:
+    """Owns the policy, its optimiser and the version counter (one version per step)."""
+
+    def __init__(
+        self,
+        policy_config: PolicyConfig,
+        optim: OptimConfig,
+        *,
+        threads: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.optim_config = optim
+        self.temperature = temperature  # the agent's sampling temperature: same distribution
+        self.policy: Policy = build_policy(policy_config)
+        self.model = self.policy.model
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+        )
+        self.reference: Any = None
+        if optim.kl_coef:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.version = 0
+        self.steps = 0
+
+    # --- one step --------------------------------------------------------------------------
+
+    def _logprobs(self, rows: list[Row], model: Any = None) -> tuple[Any, Any, Any]:
+        """`[B, T]` log-probabilities of each row's completion and the entropies of the
+        distributions they were drawn from (both zero-padded), and the mask."""
+        import torch
+
+        policy = self.policy if model is None else _with_model(self.policy, model)
+        per_row, entropies = sequence_scores(
+            policy,
+            [r.prompt for r in rows],
+            [r.completion for r in rows],
+            temperature=self.temperature,
+        )
+        width = max(len(x) for x in per_row)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, x in enumerate(per_row):
+            mask[i, : len(x)] = True
+
+        def pad(xs: list[Any]) -> Any:
+            return torch.stack([torch.cat([x, torch.zeros(width - len(x))]) for x in xs])
+
+        return pad(per_row), pad(entropies), mask
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimiser step over the batch (in `minibatches` updates); returns its metrics."""
+        import torch
+
+        from trainers.grpo import grpo_loss
+
+        cfg = self.optim_config
+        t0 = time.perf_counter()
+        rows = batch.rows
+        metrics: dict[str, float] = {"rows": float(len(rows))}
+        no_regulariser = self.reference is None and not cfg.entropy_coef
+        if not rows or (all(r.advantage == 0.0 for r in rows) and no_regulariser):
+            # No relative signal in the whole batch (and no KL to pull toward the reference): the
+            # step is a no-op but still a version, so admission (which counts versions) keeps
+            # the rollouts flowing.
+            self.version += 1
+            self.steps += 1
+            metrics.update(loss=0.0, grad_norm=0.0, clip_fraction=0.0, kl=0.0, tokens=0.0)
+            metrics["step_s"] = time.perf_counter() - t0
+            return metrics
+        parts = [rows[i :: cfg.minibatches] for i in range(cfg.minibatches)]
+        parts = [p for p in parts if p]
+        prox: list[Any] = []
+        if len(parts) > 1:
+            with torch.no_grad():
+                prox = [self._logprobs(p)[0] for p in parts]
+        totals = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0, "tokens": 0.0}
+        totals["behav_weight"] = totals["behav_capped"] = totals["entropy"] = 0.0
+        for k, part in enumerate(parts):
+            logp, entropy, mask = self._logprobs(part)
+            behav = _pad([r.behav_logprobs for r in part], logp.shape[1])
+            adv = torch.tensor([r.advantage for r in part], dtype=torch.float32)
+            ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref = self._logprobs(part, self.reference)[0]
+            out = grpo_loss(
+                logp,
+                prox[k] if prox else logp.detach(),
+                adv,
+                mask,
+                behav_logp=behav,
+                ref_logp=ref,
+                eps_low=cfg.eps_low,
+                eps_high=cfg.eps_high,
+                kl_coef=cfg.kl_coef,
+                behav_cap=cfg.behav_cap,
+                norm=cfg.norm,  # type: ignore[arg-type]
+            )
+            loss = out.loss
+            mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * mean_entropy
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            totals["loss"] += float(loss.detach()) / len(parts)
+            totals["entropy"] += float(mean_entropy.detach()) / len(parts)
+            totals["clip_fraction"] += out.clip_fraction / len(parts)
+            totals["kl"] += out.kl / len(parts)
+            totals["grad_norm"] += float(norm) / len(parts)
+            totals["tokens"] += out.tokens
+            totals["behav_weight"] += out.behav_weight_mean / len(parts)
+            totals["behav_capped"] += out.behav_capped_fraction / len(parts)
+        self.version += 1
+        self.steps += 1
+        metrics.update(totals)
+        metrics["step_s"] = time.perf_counter() - t0
+        return metrics
+
+    # --- weights and checkpoints ----------------------------------------------------------
+
+    def weight_tensors(self) -> list[tuple[str, str, list[int], bytes]]:
+        from actors.lm import state_tensors
+
+        return state_tensors(self.model)
+
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """Model, optimiser, counters and RNG state, written atomically (temp file + rename)."""
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+            "steps": self.steps,
+            "policy": msgspec.to_builtins(self.policy.config),
+            "rng": torch.get_rng_state(),
+            "extra": extra or {},
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore a checkpoint written by `save`; a different policy config is an error."""
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = state.get("policy")
+        if saved != msgspec.to_builtins(self.policy.config):
+            raise ValueError(f"checkpoint {path} was made with another policy config: {saved}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+        self.steps = int(state["steps"])
+        torch.set_rng_state(state["rng"])
+        return dict(state.get("extra") or {})
+
+
+def _pad(values: list[list[float]], width: int) -> Any:
+    import torch
+
+    out = torch.zeros(len(values), width)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = torch.tensor(v, dtype=torch.float32)
+    return out
+
+
+def _with_model(policy: Policy, model: Any) -> Policy:
+    """The same policy (tokenizer, grammar) with other weights, e.g. the KL reference."""
+    other = copy.copy(policy)
+    other.model = model
+    return other
