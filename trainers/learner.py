@@ -54,7 +54,9 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     steps: int = 0  # stop after this many steps in all (0: no limit)
     minutes: float = 0.0  # stop after this many minutes of training in all (0: no limit)
     checkpoint_every: int = 10
-    lease_s: float = 300.0  # a lease outlives any step; a dead learner's groups come back then
+    # A lease outlives a step; a dead learner's groups come back when it expires, and until then
+    # admission counts them, so a restarted learner can wait up to this long for its next batch.
+    lease_s: float = 60.0
     poll_s: float = 2.0  # long-poll window per pull
     threads: int = 1  # torch threads for the step
     temperature: float = 1.0  # the agents' sampling temperature (the spec checks they agree)
