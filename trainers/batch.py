@@ -62,43 +62,43 @@ class TrainBatch:
         }
 
 
-def _advantages(rewards: list[float], scale: bool) -> list[float]:
-    """GRPO: `(r - mean) / std` within one group; 0 when the group has no spread."""
+def _advantages(rewards: list[float], groups: list[int], scale: bool) -> list[float]:
+    """GRPO: `(r - group mean) / group std` for every sample of the batch in one call; 0 in a
+    group with no spread."""
     import torch
 
     from trainers.grpo import group_advantages  # torch, imported when a batch is built
 
     r = torch.tensor(rewards, dtype=torch.float64)
-    return group_advantages(r, torch.zeros(len(rewards), dtype=torch.long), scale=scale).tolist()
+    return group_advantages(r, torch.tensor(groups, dtype=torch.long), scale=scale).tolist()
 
 
 def build_batch(
     groups: list[list[Trajectory]], *, aborted_reward: float = 0.0, scale: bool = True
 ) -> TrainBatch:
     batch = TrainBatch(rows=[], trajectories=0, groups=len(groups))
-    for group in groups:
-        rewards = []
-        for t in group:
-            reward = t.verdict.reward if t.verdict is not None else aborted_reward
-            rewards.append(reward)
-            batch.rewards.append(reward)
-            batch.correct.append(bool(t.verdict and t.verdict.correct))
-            batch.exam_f1.append(t.verdict.exam_f1 if t.verdict is not None else 0.0)
-            batch.turns.append(len(t.turns))
-            batch.aborted += t.terminal is Terminal.ABORTED
-            last = t.turns[-1].action if t.turns else None
-            if isinstance(last, Diagnose):
-                batch.diagnoses.add(last.name.lower())
-        batch.trajectories += len(group)
-        for t, adv in zip(group, _advantages(rewards, scale), strict=True):
-            for turn in t.turns:
-                ids = unpack_ids(turn.token_ids)
-                logprobs = unpack_floats(turn.logprobs)
-                if not ids or len(ids) != len(logprobs):
-                    batch.skipped_turns += 1
-                    continue
-                batch.rows.append(
-                    Row(unpack_ids(turn.prompt_ids), ids, logprobs, adv, turn.policy_version)
-                )
-                batch.versions.append(turn.policy_version)
+    members = [(g, t) for g, group in enumerate(groups) for t in group]
+    for _, t in members:
+        reward = t.verdict.reward if t.verdict is not None else aborted_reward
+        batch.rewards.append(reward)
+        batch.correct.append(bool(t.verdict and t.verdict.correct))
+        batch.exam_f1.append(t.verdict.exam_f1 if t.verdict is not None else 0.0)
+        batch.turns.append(len(t.turns))
+        batch.aborted += t.terminal is Terminal.ABORTED
+        last = t.turns[-1].action if t.turns else None
+        if isinstance(last, Diagnose):
+            batch.diagnoses.add(last.name.lower())
+    batch.trajectories = len(members)
+    advantages = _advantages(batch.rewards, [g for g, _ in members], scale) if members else []
+    for (_, t), adv in zip(members, advantages, strict=True):
+        for turn in t.turns:
+            ids = unpack_ids(turn.token_ids)
+            logprobs = unpack_floats(turn.logprobs)
+            if not ids or len(ids) != len(logprobs):
+                batch.skipped_turns += 1
+                continue
+            batch.rows.append(
+                Row(unpack_ids(turn.prompt_ids), ids, logprobs, adv, turn.policy_version)
+            )
+            batch.versions.append(turn.policy_version)
     return batch
