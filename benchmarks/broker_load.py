@@ -9,9 +9,12 @@ directory, and realistic trajectories (`protocols` messages): `TURNS` turns, eac
 
 - `load`: a producer publishes `count` trajectories in GRPO groups of `GROUP_SIZE`; a consumer
   that keeps up pulls every complete group as soon as there is one and acks it. RSS (psutil) is
-  sampled every `count / 10` publishes; rows give the first sample, the last, the largest and the
-  growth from first to last, with the default `max_seen_ids` (1M acked ids remembered for
-  duplicate detection) and again with `SMALL_WINDOW` (`*_window10k`), each in a fresh process.
+  sampled once the broker is open (`rss_open_mb`, before any publish: the acked window is
+  allocated there in full, 16 bytes per remembered ack) and then every `count / 10` publishes;
+  rows give the first sample, the last, the largest and the growth from first to last, with the
+  default `max_seen_ids` (the last 1M acks remembered for duplicate detection: never full in this
+  run) and again with `SMALL_WINDOW` (`*_window10k`: full after 10k acks, then every compaction
+  writes the whole window to the log), each in a fresh process.
   The log fsyncs every `FSYNC_EVERY` records (rows `*_fsync1` give the rate when every record is
   fsynced, the broker's default, on a shorter run).
 - `backpressure`: the consumer takes one group for every two the producer offers, and the broker
@@ -139,6 +142,7 @@ class LoadResult:
     record_bytes: int = 0  # one trajectory as a log record (msgpack)
     max_pending: int = 0
     rss_mb: list[float] = field(default_factory=list)  # sampled every `sample_every` publishes
+    rss_open_mb: float = 0.0  # once the broker is open, before the first publish
 
     @property
     def rate(self) -> float:
@@ -174,6 +178,7 @@ def run_load(
             os.path.join(tmp, "log"), fsync_every=fsync_every, max_seen_ids=max_seen_ids
         )
         gc.collect()
+        out.rss_open_mb = _rss_mb()
         t0 = time.perf_counter()
         try:
             for n in range(count):
@@ -204,6 +209,7 @@ def run_backpressure(
             os.path.join(tmp, "log"), fsync_every=FSYNC_EVERY, max_pending=max_pending
         )
         gc.collect()
+        out.rss_open_mb = _rss_mb()
         t0 = time.perf_counter()
         n = attempts = 0
         try:
@@ -247,10 +253,11 @@ def bench(ctx: Context) -> list[Row]:
     limit = ctx.scale(BP_MAX_PENDING, 100)
     bp = fresh(run_backpressure, ctx.scale(30_000, 400), max_pending=limit)
     log.info(
-        "broker_load: %.0f traj/s, %.1f MB/s, RSS %.1f -> %.1f MB (max %.1f); fsync=1: %.0f "
-        "traj/s; backpressure: %d refused, max pending %d",
+        "broker_load: %.0f traj/s, %.1f MB/s, RSS open %.1f, %.1f -> %.1f MB (max %.1f); fsync=1: "
+        "%.0f traj/s; backpressure: %d refused, max pending %d",
         load.rate,
         load.mb_per_s,
+        load.rss_open_mb,
         load.rss_mb[0],
         load.rss_mb[-1],
         max(load.rss_mb),
@@ -262,6 +269,7 @@ def bench(ctx: Context) -> list[Row]:
     return [
         Row(BENCH, "traj_per_s", load.rate, "traj/s", f"{size}, fsync every {FSYNC_EVERY}"),
         Row(BENCH, "mb_per_s", load.mb_per_s, "MB/s", "log records"),
+        Row(BENCH, "rss_open_mb", load.rss_open_mb, "MB", "broker open, nothing published"),
         Row(BENCH, "rss_first_mb", load.rss_mb[0], "MB", f"after {count // 10} publishes"),
         Row(BENCH, "rss_last_mb", load.rss_mb[-1], "MB", f"after {count}"),
         Row(BENCH, "rss_max_mb", max(load.rss_mb), "MB"),
@@ -275,6 +283,13 @@ def bench(ctx: Context) -> list[Row]:
             f"max_seen_ids={SMALL_WINDOW}",
         ),
         Row(BENCH, "traj_per_s_window10k", windowed.rate, "traj/s", f"max_seen_ids={SMALL_WINDOW}"),
+        Row(
+            BENCH,
+            "rss_last_mb_window10k",
+            windowed.rss_mb[-1],
+            "MB",
+            f"max_seen_ids={SMALL_WINDOW}",
+        ),
         Row(BENCH, "traj_per_s_fsync1", durable.rate, "traj/s", "fsync every record"),
         Row(BENCH, "mb_per_s_fsync1", durable.mb_per_s, "MB/s", "fsync every record"),
         Row(BENCH, "bp_traj_per_s", bp.rate, "traj/s", "consumer at half pace"),
@@ -282,6 +297,7 @@ def bench(ctx: Context) -> list[Row]:
         Row(BENCH, "bp_max_pending", float(bp.max_pending), "traj", f"limit {limit}"),
         Row(BENCH, "bp_rss_first_mb", bp.rss_mb[0], "MB"),
         Row(BENCH, "bp_rss_max_mb", max(bp.rss_mb), "MB"),
+        Row(BENCH, "bp_rss_last_mb", bp.rss_mb[-1], "MB"),
     ]
 
 

@@ -12,22 +12,33 @@ Guarantees, when a log directory is configured (`BrokerConfig.log_dir`):
 
 - A trajectory is appended to the log (durable per `fsync_every`) before `Published` is returned;
   an ack is appended before `Acked` is returned. On start the log is replayed: every published,
-  unacked trajectory is pending again (complete groups ready, incomplete ones waiting), acked ids
-  are remembered, and a re-published id (a scheduler retry) is dropped as a duplicate.
+  unacked trajectory is pending again (complete groups ready, incomplete ones waiting) and the
+  acked window (below) is rebuilt exactly as it was.
 - Leases live only in memory: a lease unacked after `Pull.lease_s` expires and its groups go back
   to the front of the queue; a restart ends every lease the same way. An ack of an expired or
   unknown lease is `NOT_FOUND` (its groups are, or will be, delivered again), so a trajectory is
   delivered at most once after its ack.
-- Acked ids are remembered up to `max_seen_ids` (oldest forgotten first); within that window no
-  acked id is delivered again, across restarts and compaction.
+- Duplicates: a publish whose id is pending (published, not acked) is dropped. So is one whose id
+  is among the last `max_seen_ids` ids acked (`AckedWindow`, counted in acks, not time), across
+  restarts and compaction. A re-publish comes from the scheduler retrying a publish whose reply it
+  did not get (at most `attempts` x `request_timeout_s` after the first, about 30 s by default) or
+  from the hub re-sending it to a restarted broker; `max_seen_ids` must exceed the acks in that
+  time (the default 1M: 100 s at 10k acks/s). An id acked longer ago than that is accepted and
+  delivered again. So: a trajectory id is never delivered after its ack while fewer than
+  `max_seen_ids` acks have followed it (and, with probability about `max_seen_ids / 2**64` per
+  publish, a new id is taken for an acked one: see `AckedWindow`).
 - Compaction: after an ack, the oldest closed segments with no unacked trajectory are deleted
   oldest first, so an ack record is never deleted while the trajectory record it cancels is kept.
-  The acked ids they held that are still in the window are first re-written as one record in the
-  active segment.
-- Bounded memory (backpressure): at most `max_pending` trajectories are held (waiting, ready or
-  leased). Beyond it `Publish` is refused with `OVERLOADED` and nothing is logged; the scheduler
-  retries later. Set `max_pending` to at least the scheduler's concurrency times the group size,
-  or incomplete groups can fill the broker and never complete.
+  If one of them holds the latest record of an ack still in the window, the whole window (8 bytes
+  an ack) is first written as one record in the active segment. With a consumer that keeps up
+  that is once per segment, so keep `segment_bytes` well above 8 x `max_seen_ids` (the defaults:
+  64 MB segments, at most 8 MB of window each).
+- Bounded memory: at most `max_pending` trajectories are held (waiting, ready or leased). Beyond it
+  `Publish` is refused with `OVERLOADED` and nothing is logged; the scheduler retries later. Set
+  `max_pending` to at least the scheduler's concurrency times the group size, or incomplete groups
+  can fill the broker and never complete. The acked window is allocated in full at start (16 MB
+  for 1M ids) and per-trajectory state is dropped at its ack, so RSS stays flat however many
+  trajectories pass through (benchmarks/broker_load.py).
 
 Without `log_dir` the broker keeps the same rules in memory only. `jsonl` additionally appends
 every accepted trajectory as JSON lines, for people and tools.
@@ -36,9 +47,12 @@ every accepted trajectory as JSON lines, for people and tools.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
+import sys
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -71,7 +85,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment_bytes: int = 64 << 20  # roll to a new segment at this size
     fsync_every: int = 1  # 1: fsync every record, N: every N records, 0: never (OS page cache)
     max_pending: int = 100_000  # trajectories held (waiting + ready + leased); more: OVERLOADED
-    max_seen_ids: int = 1_000_000  # acked ids remembered for duplicate detection
+    max_seen_ids: int = 1_000_000  # last acks remembered for duplicates (16 bytes each, fixed)
 
 
 # --- log records ---------------------------------------------------------------------------------
@@ -85,14 +99,163 @@ class _AckedIds(msgspec.Struct, tag="a", array_like=True, frozen=True):
     ids: list[str]
 
 
-_Record = _Stored | _AckedIds
+class _Window(msgspec.Struct, tag="w", array_like=True, frozen=True):
+    """The whole acked window at ack number `seq` (`AckedWindow.snapshot`), written before
+    compaction deletes ack records whose acks are still remembered; replay resets to it."""
+
+    seq: int
+    fingerprints: bytes
+
+
+_Record = _Stored | _AckedIds | _Window
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Record)
+_MAX_WINDOW = 1 << 28
 
 
 class _Lease(msgspec.Struct):
     groups: list[list[Trajectory]]
     deadline: float
+
+
+# --- duplicate detection -------------------------------------------------------------------------
+
+
+def fingerprint(trajectory_id: str) -> int:
+    """A stable 64-bit fingerprint of an id (never 0: 0 marks an empty ring slot)."""
+    digest = hashlib.blake2b(trajectory_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+class AckedWindow:
+    """The fingerprints of the last `capacity` acks, in a memory fixed when it is created.
+
+    Why: remembering every acked id grows with the run; what duplicate detection needs is the
+    recent acks (a publish is re-sent by the scheduler within its attempts x request timeout).
+    Memory is a ring of `capacity` 64-bit fingerprints in ack order (8 bytes each) and an
+    open-addressing index into it (linear probing, at most half full, 4 bytes a slot, deletion by
+    backward shift, so no tombstones), both allocated and touched here: 16 MB for 1M ids, and
+    nothing more however many acks follow.
+
+    Ack number `seq` (counted from 0) sits in ring slot `seq % capacity`; adding the next one
+    evicts the oldest once the ring is full. An id acked again (possible once it has left the
+    window) takes a new slot and the index points at its newest one. Two different ids share a
+    fingerprint with probability about `capacity / 2**64` per lookup; the newer then counts as
+    already acked (a false duplicate), which is the price of the fixed size.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if not 1 <= capacity <= _MAX_WINDOW:
+            raise ValueError(f"max_seen_ids must be in 1..{_MAX_WINDOW}, got {capacity}")
+        self.capacity = capacity
+        self._slots = 1 << (2 * capacity - 1).bit_length()  # a power of two >= 2 * capacity
+        self._mask = self._slots - 1
+        self._ring = array("Q", bytes(8)) * capacity  # fingerprints; 0 = empty (after a reset)
+        self._index = array("I", bytes(4)) * self._slots  # ring slot + 1; 0 = empty
+        self.seq = 0  # acks ever added: the next ack's number
+        self._held = 0  # ring slots in use: min(seq, capacity), fewer only after a reset
+
+    def __len__(self) -> int:
+        return self._held
+
+    @property
+    def oldest(self) -> int:
+        """The number of the oldest ack still remembered (== seq when empty)."""
+        return self.seq - self._held
+
+    def __contains__(self, trajectory_id: object) -> bool:
+        return isinstance(trajectory_id, str) and self._find(fingerprint(trajectory_id)) >= 0
+
+    def add(self, trajectory_id: str) -> int:
+        """Remember one ack; returns its number."""
+        return self._add(fingerprint(trajectory_id))
+
+    def snapshot(self) -> bytes:
+        """The remembered fingerprints, oldest first, as little-endian u64s (for `reset`)."""
+        start = self.oldest % self.capacity
+        end = start + self._held
+        ring = self._ring
+        if end <= self.capacity:
+            out = ring[start:end]
+        else:
+            out = ring[start:] + ring[: end - self.capacity]
+        if sys.byteorder == "big":
+            out.byteswap()
+        return out.tobytes()
+
+    def reset(self, seq: int, fingerprints: bytes) -> None:
+        """Forget everything, then remember `fingerprints` (a `snapshot`) as acks up to `seq`."""
+        fps = array("Q", fingerprints)
+        if sys.byteorder == "big":
+            fps.byteswap()
+        if len(fps) > self.capacity:  # the window shrank across a restart: keep the newest
+            fps = fps[len(fps) - self.capacity :]
+        memoryview(self._index).cast("B")[:] = bytes(4 * self._slots)
+        memoryview(self._ring).cast("B")[:] = bytes(8 * self.capacity)
+        self.seq = seq - len(fps)
+        self._held = 0
+        for fp in fps:
+            self._add(fp)
+
+    # --- the index -----------------------------------------------------------------------------
+
+    def _find(self, fp: int) -> int:
+        """The index slot pointing at `fp`'s newest ring slot, or -1."""
+        index, ring, mask = self._index, self._ring, self._mask
+        i = fp & mask
+        while True:
+            p = index[i]
+            if p == 0:
+                return -1
+            if ring[p - 1] == fp:
+                return i
+            i = (i + 1) & mask
+
+    def _add(self, fp: int) -> int:
+        seq = self.seq
+        pos = seq % self.capacity
+        if self._held == self.capacity:  # full: the oldest leaves
+            self._evict(pos)
+        else:
+            self._held += 1
+        self._ring[pos] = fp
+        index, ring, mask = self._index, self._ring, self._mask
+        i = fp & mask
+        while True:
+            p = index[i]
+            if p == 0 or (p - 1 != pos and ring[p - 1] == fp):
+                break  # an empty slot, or the slot of an older ack of the same fingerprint
+            i = (i + 1) & mask
+        index[i] = pos + 1
+        self.seq = seq + 1
+        return seq
+
+    def _evict(self, pos: int) -> None:
+        fp = self._ring[pos]
+        self._ring[pos] = 0
+        if fp == 0:
+            return
+        index, mask = self._index, self._mask
+        i = fp & mask
+        while True:  # the index slot pointing at this ring slot; absent if a newer ack took over
+            p = index[i]
+            if p == 0:
+                return
+            if p == pos + 1:
+                break
+            i = (i + 1) & mask
+        ring = self._ring
+        j = i
+        while True:  # backward-shift deletion keeps every probe chain unbroken
+            j = (j + 1) & mask
+            p = index[j]
+            if p == 0:
+                break
+            home = ring[p - 1] & mask
+            if (j - home) & mask >= (j - i) & mask:  # j's home is not within (i, j]
+                index[i] = p
+                i = j
+        index[i] = 0
 
 
 # --- the core ------------------------------------------------------------------------------------
@@ -115,7 +278,9 @@ class BrokerCore:
         self.ready: collections.deque[list[Trajectory]] = collections.deque()
         self.leases: dict[str, _Lease] = {}
         self.pending_ids: dict[str, int] = {}  # unacked id -> its segment (0: no log)
-        self.acked_ids: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> segment
+        self.acked_window = AckedWindow(max_seen_ids)  # the last max_seen_ids acks
+        # segment -> the newest ack number whose latest durable record (ack or window) is there
+        self.window_homes: dict[int, int] = {}
         self.live: collections.Counter[int] = collections.Counter()  # segment -> unacked records
         self._lease_ids = itertools.count(1)
         self._lease_prefix = os.urandom(4).hex()  # lease names never repeat across restarts
@@ -143,17 +308,22 @@ class BrokerCore:
     def _replay(self) -> None:
         assert self.log is not None
         pending: dict[str, tuple[Trajectory, int]] = {}
+        window = self.acked_window
         for segment, payload in self.log.replay():
             record = _decoder.decode(payload)
-            if isinstance(record, _Stored):
+            if isinstance(record, _Stored):  # logged only if it was no duplicate then
                 t = record.trajectory
-                if t.id in pending or t.id in self.acked_ids:
-                    continue
-                pending[t.id] = (t, segment)
-            else:
+                if t.id not in pending:
+                    pending[t.id] = (t, segment)
+            elif isinstance(record, _AckedIds):
                 for i in record.ids:
                     pending.pop(i, None)
-                    self._remember_acked(i, segment)
+                    window.add(i)
+                if record.ids:
+                    self.window_homes[segment] = window.seq - 1
+            else:  # everything acked before it is in it
+                window.reset(record.seq, record.fingerprints)
+                self.window_homes = {segment: window.seq - 1}
         for t, segment in pending.values():  # insertion order: publish order
             self._admit(t, segment)
         if len(pending) > self.max_pending:
@@ -162,7 +332,7 @@ class BrokerCore:
             "broker.replayed",
             pending=len(pending),
             ready_groups=len(self.ready),
-            acked_ids=len(self.acked_ids),
+            acked_ids=len(self.acked_window),
             segments=len(self.log.segments()),
         )
         self._compact()
@@ -179,7 +349,7 @@ class BrokerCore:
 
     def publish(self, t: Trajectory) -> bool:
         """Store a trajectory; False if its id is a duplicate. Raises OVERLOADED when full."""
-        if t.id in self.pending_ids or t.id in self.acked_ids:
+        if t.id in self.pending_ids or t.id in self.acked_window:
             self.duplicates += 1
             return False
         if len(self.pending_ids) >= self.max_pending:
@@ -220,7 +390,9 @@ class BrokerCore:
         for i in ids:
             home = self.pending_ids.pop(i)
             self.live[home] -= 1
-            self._remember_acked(i, segment)
+            self.acked_window.add(i)
+        if ids:
+            self.window_homes[segment] = self.acked_window.seq - 1
         self.acked += len(ids)
         self._compact()
         return len(ids)
@@ -248,12 +420,6 @@ class BrokerCore:
             del self.open_groups[t.group_id]
             self.ready.append(sorted(group, key=lambda x: x.sample))
 
-    def _remember_acked(self, i: str, segment: int) -> None:
-        self.acked_ids[i] = segment
-        self.acked_ids.move_to_end(i)
-        while len(self.acked_ids) > self.max_seen_ids:
-            self.acked_ids.popitem(last=False)
-
     def _compact(self) -> None:
         """Delete the oldest closed segments that hold no unacked trajectory."""
         if self.log is None:
@@ -266,18 +432,21 @@ class BrokerCore:
             doomed.append(s)
         if not doomed:
             return
-        last = doomed[-1]
-        carried = [i for i, s in self.acked_ids.items() if s <= last]
-        if carried:  # keep remembering these acks once their records are gone
-            active = self.log.append(_encoder.encode(_AckedIds(carried)))
+        window = self.acked_window
+        carried = 0
+        if any(self.window_homes.get(s, -1) >= window.oldest for s in doomed):
+            # a remembered ack would go with them: write the whole window first
+            snapshot = window.snapshot()
+            home = self.log.append(_encoder.encode(_Window(window.seq, snapshot)))
             self.log.sync()
-            for i in carried:
-                self.acked_ids[i] = active
+            self.window_homes = {home: window.seq - 1}
+            carried = len(window)
         for s in doomed:
             self.log.delete(s)
             self.live.pop(s, None)
+            self.window_homes.pop(s, None)
         self.compacted_segments += len(doomed)
-        log.info("broker.compacted", segments=len(doomed), carried_ids=len(carried))
+        log.info("broker.compacted", segments=len(doomed), carried_ids=carried)
 
 
 # --- the actor -----------------------------------------------------------------------------------

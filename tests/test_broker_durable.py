@@ -193,53 +193,71 @@ def test_acked_segments_are_compacted_and_acks_survive_it(tmp_path: Path) -> Non
 # --- the state machine ---------------------------------------------------------------------------
 
 GROUPS = {f"g{k}": k % 3 + 1 for k in range(6)}  # group id -> size
+IDS = [f"{g}.{s}/t" for g, size in GROUPS.items() for s in range(size)]
 MAX_PENDING = 7  # > the most that incomplete groups can hold (6), so no deadlock
+MAX_SEEN = 5  # a window smaller than the ids, so acked ids leave it and come back
 
 
 class BrokerModel(RuleBasedStateMachine):
-    """The broker core against a model of what must hold, with restarts from the same log."""
+    """The broker core against a model of what must hold, with restarts from the same log.
+
+    The acked window is small, so ids are acked, forgotten after `MAX_SEEN` later acks, published
+    again and delivered again: the model checks the exact window boundary (an id among the last
+    `MAX_SEEN` acks is a duplicate, an older one is not) through compaction and restarts.
+    """
 
     @initialize()
     def setup(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="broker-model-")
         self.core = self.open()
         self.now = 0.0
-        self.published: set[str] = set()
-        self.acked: set[str] = set()
+        self.pending: set[str] = set()  # published, not acked
+        self.acks: list[str] = []  # every ack, in order
         self.leases: dict[str, tuple[list[str], float]] = {}  # live per the model
         self.dead: list[str] = []  # lease names that must be refused
 
     def open(self) -> BrokerCore:
-        return BrokerCore.open(self.dir, segment_bytes=220, fsync_every=0, max_pending=MAX_PENDING)
+        return BrokerCore.open(
+            self.dir,
+            segment_bytes=220,
+            fsync_every=0,
+            max_pending=MAX_PENDING,
+            max_seen_ids=MAX_SEEN,
+        )
 
     def teardown(self) -> None:
         if hasattr(self, "core"):
             self.core.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def window(self) -> set[str]:
+        return set(self.acks[-MAX_SEEN:])
+
     def leased_ids(self) -> set[str]:
         return {i for ids, deadline in self.leases.values() if deadline > self.now for i in ids}
 
     def available_groups(self) -> int:
-        held = self.leased_ids() | self.acked
-        return sum(
-            all(f"{g}.{s}/t" in self.published and f"{g}.{s}/t" not in held for s in range(size))
-            for g, size in GROUPS.items()
-        )
+        free = self.pending - self.leased_ids()
+        return sum(all(f"{g}.{s}/t" in free for s in range(size)) for g, size in GROUPS.items())
+
+    def acked(self, ids: list[str]) -> None:
+        assert not set(ids) & self.window()  # delivered at most once after its ack
+        self.pending -= set(ids)
+        self.acks.extend(ids)
 
     @rule(group=st.sampled_from(sorted(GROUPS)), data=st.data())
     def publish(self, group: str, data: st.DataObject) -> None:
         size = GROUPS[group]
         t = traj(group, data.draw(st.integers(0, size - 1)), size)
-        if t.id in self.published:
+        if t.id in self.pending or t.id in self.window():
             assert self.core.publish(t) is False
-        elif len(self.published - self.acked) >= MAX_PENDING:
+        elif len(self.pending) >= MAX_PENDING:
             with pytest.raises(ActorError) as exc:
                 self.core.publish(t)
             assert exc.value.code is ErrorCode.OVERLOADED
         else:
-            assert self.core.publish(t) is True
-            self.published.add(t.id)
+            assert self.core.publish(t) is True  # new, or acked before the window
+            self.pending.add(t.id)
 
     @rule(max_groups=st.integers(1, 3), lease_s=st.sampled_from([1.0, 5.0, 100.0]))
     def pull(self, max_groups: int, lease_s: float) -> None:
@@ -252,7 +270,7 @@ class BrokerModel(RuleBasedStateMachine):
             return
         ids = [t.id for g in groups for t in g]
         assert len(ids) == len(set(ids))  # no duplicate ids
-        assert not set(ids) & self.acked  # nothing acked is delivered again
+        assert set(ids) <= self.pending  # nothing acked is delivered again unless re-published
         assert not set(ids) & before  # nothing held by a live lease is handed out twice
         for g in groups:  # groups are complete
             assert {t.group_id for t in g} == {g[0].group_id}
@@ -268,9 +286,9 @@ class BrokerModel(RuleBasedStateMachine):
             if not groups:
                 break
             ids = [t.id for g in groups for t in g]
-            assert not set(ids) & (self.acked | self.leased_ids())
+            assert set(ids) <= self.pending - self.leased_ids()
             assert self.core.ack(lease, self.now) == len(ids)
-            self.acked.update(ids)
+            self.acked(ids)
             self.dead.append(lease)
         assert self.available_groups() == 0
 
@@ -283,15 +301,14 @@ class BrokerModel(RuleBasedStateMachine):
     def ack(self, data: st.DataObject) -> None:
         lease = data.draw(st.sampled_from(sorted(self.leases)))
         ids, deadline = self.leases.pop(lease)
+        self.dead.append(lease)
         if deadline <= self.now:  # expired: refused, its groups are redelivered instead
-            self.dead.append(lease)
             with pytest.raises(ActorError) as exc:
                 self.core.ack(lease, self.now)
             assert exc.value.code is ErrorCode.NOT_FOUND
         else:
             assert self.core.ack(lease, self.now) == len(ids)
-            self.acked.update(ids)
-            self.dead.append(lease)
+            self.acked(ids)
 
     @precondition(lambda self: self.dead)
     @rule(data=st.data())
@@ -316,10 +333,17 @@ class BrokerModel(RuleBasedStateMachine):
     def counts_match(self) -> None:
         if not hasattr(self, "core"):
             return
-        assert self.core.pending == len(self.published - self.acked)
+        assert self.core.pending == len(self.pending)
         self.core.expire(self.now)
         assert self.core.leased() == len(self.leased_ids())
-        assert set(self.core.pending_ids) == self.published - self.acked
+        assert set(self.core.pending_ids) == self.pending
+
+    @invariant()
+    def window_matches(self) -> None:
+        if not hasattr(self, "core"):
+            return
+        assert {i for i in IDS if i in self.core.acked_window} == self.window()
+        assert len(self.core.acked_window) == min(len(self.acks), MAX_SEEN)
 
 
 BrokerModel.TestCase.settings = settings(
@@ -394,7 +418,8 @@ def test_sigkill_mid_run_loses_nothing_published_and_redelivers_nothing_acked(
         assert acked and published - acked
 
         core = BrokerCore.open(directory)
-        assert published <= set(core.pending_ids) | set(core.acked_ids)  # nothing lost
+        remembered = {i for i in published if i in core.acked_window}
+        assert published <= set(core.pending_ids) | remembered  # nothing lost
         assert not acked & set(core.pending_ids)  # nothing acked is pending again
         delivered: list[str] = []
         while True:
@@ -404,6 +429,6 @@ def test_sigkill_mid_run_loses_nothing_published_and_redelivers_nothing_acked(
             delivered += [t.id for g in groups for t in g]
             core.ack(lease, now=0.0)
         assert not acked & set(delivered) and len(delivered) == len(set(delivered))
-        assert (published - acked) - set(core.pending_ids) - set(delivered) <= set(core.acked_ids)
+        assert (published - acked) - set(core.pending_ids) - set(delivered) <= remembered
         core.close()
         out.write_text(complete + "".join(f"A {i}\n" for i in delivered))
