@@ -200,7 +200,9 @@ class HFAgent(Actor):
         policy = self.policy
         assert policy is not None
         version = self._version
-        prompts = [encode_prompt(policy, r.intro, r.steps) for r in requests]
+        prompts = [
+            encode_prompt(policy, r.intro, r.steps, final=self._final_turn(r)) for r in requests
+        ]
         seeds = [sample_seed(cfg.seed, r.episode_id, r.turn or len(r.steps)) for r in requests]
         outs = generate(policy, prompts, temperature=cfg.temperature, seeds=seeds)
         replies = []
@@ -216,6 +218,13 @@ class HFAgent(Actor):
                 )
             )
         return replies
+
+    def _final_turn(self, request: ActRequest) -> bool:
+        """The episode's last turn (by the intro's `max_turns`): a diagnosis must come now."""
+        cfg: HFAgentConfig = self.config
+        limit = request.intro.max_turns
+        turn = request.turn or len(request.steps)
+        return cfg.policy.final_diagnosis and limit > 0 and turn >= limit - 1
 
     # --- weights --------------------------------------------------------------------------------
 

@@ -36,11 +36,16 @@ from tests.test_lm import TINY
 CONFIG = HFAgentConfig(policy=TINY, batch_wait_s=0.05, max_batch=16)
 
 
-def requests(n: int, *, dialect: str = "native") -> list[ActRequest]:
+def requests(n: int, *, dialect: str = "native", max_turns: int = 0) -> list[ActRequest]:
     out = []
     for i, case in enumerate(builtin(n, 7)):
         demo = case.profile.demographics
-        intro = Intro(age=demo.age, sex=demo.sex, chief_complaint=case.profile.chief_complaint)
+        intro = Intro(
+            age=demo.age,
+            sex=demo.sex,
+            chief_complaint=case.profile.chief_complaint,
+            max_turns=max_turns,
+        )
         steps = [
             Step(f"<ask>q{k}</ask>", AskPatient(f"q{k}"), PatientAnswer(f"answer {k}"))
             for k in range(i % 3)
@@ -123,6 +128,28 @@ async def test_concurrent_requests_are_batched_into_valid_actions() -> None:
             again = [await client.request("agent", r, timeout=120) for r in reqs[:5]]
             assert [r.token_ids for r in again] == [r.token_ids for r in replies[:5]]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_last_turn_is_always_a_diagnosis() -> None:
+    """With `max_turns` 3, requests at turn 2 end their prompt with the `<|dx|>` cue and come
+    back as diagnoses; earlier turns keep the whole action space."""
+    agent = HFAgent(CONFIG)
+    reqs = requests(30, max_turns=3)  # turns 0, 1, 2 in turn
+    async with trio.open_nursery() as nursery:
+        ep = await start(nursery, agent)
+        async with connect(ep) as client:
+            replies = await ask_all(client, reqs)
+        nursery.cancel_scope.cancel()
+    assert agent.policy is not None
+    kinds = set()
+    for req, reply in zip(reqs, replies, strict=True):
+        cue = unpack_ids(reply.prompt_ids)[-1]
+        if req.turn == 2:
+            assert cue == agent.policy.dx_id and reply.text.startswith("<diagnosis>")
+        else:
+            assert cue == agent.policy.act_id
+            kinds.add(reply.text.split(">")[0])
+    assert kinds - {"<diagnosis"}  # the open turns did not all diagnose
 
 
 async def test_other_dialects_are_refused_clearly() -> None:

@@ -17,6 +17,7 @@ from actors.judge import (
     RulesJudgeConfig,
     diagnosis_code,
     exam_scores,
+    icd10_chapter,
     icd10_code,
     icd10_relation,
     parse_llm_verdict,
@@ -103,6 +104,31 @@ def test_hierarchy_partial_credit() -> None:
     v = rules(PNEUMONIA, "J18.1", never)
     assert v.diagnosis_score == 1.0 and not v.correct  # partial credit is never correct
     assert RulesJudge.from_config({"icd10_block_partial": 0.2}).config.icd10_block_partial == 0.2
+
+
+def test_chapter_partial_credit_for_the_right_organ_system() -> None:
+    chapter = RulesJudge(RulesJudgeConfig(icd10_chapter_partial=0.1))
+    # asthma (J45) and pneumonia (J18): respiratory, another block
+    v = rules(PNEUMONIA, "asthma exacerbation", chapter)
+    assert (v.correct, v.diagnosis_score, v.match) == (False, 0.1, "icd10-chapter")
+    assert rules(PNEUMONIA, "acute myocardial infarction", chapter).diagnosis_score == 0.0
+    assert rules(PNEUMONIA, "J18.1", chapter).diagnosis_score == 0.5  # the category wins
+    assert rules(PNEUMONIA, "asthma exacerbation").diagnosis_score == 0.0  # off by default
+    with pytest.raises(ConfigError):
+        RulesJudge.from_config({"icd10_chapter_partial": 1.5})
+
+
+@pytest.mark.parametrize(
+    ("code", "chapter"),
+    [("A41.9", 1), ("B99", 1), ("C34.90", 2), ("D49.9", 2), ("D50.0", 3), ("E11.9", 4),
+     ("F32.9", 5), ("G40.909", 6), ("H10.9", 7), ("H66.90", 8), ("I21.9", 9), ("J18.9", 10),
+     ("K35.80", 11), ("L03.90", 12), ("M17.11", 13), ("N39.0", 14), ("O00.90", 15),
+     ("O9A.119", 15), ("P07.30", 16), ("Q21.1", 17), ("R51.9", 18), ("S72.001A", 19),
+     ("T78.40XA", 19), ("U07.1", 22), ("V43.52XA", 20), ("Y92.009", 20), ("Z99.89", 21),
+     ("", 0), ("12", 0)],
+)  # fmt: skip
+def test_icd10_chapters(code: str, chapter: int) -> None:
+    assert icd10_chapter(code) == chapter
 
 
 def test_case_with_an_invalid_or_missing_code() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,3 +74,32 @@ def test_a_group_with_one_outcome_teaches_nothing(outcomes: list[bool]) -> None:
     advs = [r.advantage for r in batch.rows[len(same) :]]
     assert sum(advs) == pytest.approx(0.0, abs=1e-6)  # centred within the group
     assert any(advs) == (len(set(outcomes)) > 1)
+
+
+def chained(group: str, sample: int, correct: bool, actions: list[int]) -> Trajectory:
+    """Turns whose prompts chain as the hf agent's do: prompt + action + observation + cue."""
+    turns, prompt = [], [1, 20, 21, 2]  # bos, intro, cue
+    for i, action in enumerate(actions):
+        t = turn(i, [action], [-0.5 - i], version=i)
+        turns.append(msgspec.structs.replace(t, prompt_ids=pack_ids(prompt)))
+        prompt = [*prompt, action, 30 + i, 31, 2]  # the action, what came back, the next cue
+    return traj(group, sample, correct, turns)
+
+
+def test_turns_that_chain_pack_into_one_row_per_trajectory() -> None:
+    a = chained("g", 0, True, [40, 41, 42])
+    b = chained("g", 1, False, [43])
+    broken = chained("g", 2, False, [44, 45])  # the second prompt does not extend the first
+    broken.turns[1] = msgspec.structs.replace(broken.turns[1], prompt_ids=pack_ids([1, 2]))
+    batch = build_batch([[a, b, broken]])
+    assert [len(r.spans) for r in batch.rows] == [3, 1, 1, 1]
+    first = batch.rows[0]
+    assert first.completion == [40, 41, 42] and first.versions == [0, 1, 2]
+    assert first.behav_logprobs == [-0.5, -1.5, -2.5]
+    assert [first.ids[s] for s, _ in first.spans] == [40, 41, 42]
+    assert len(batch.versions) == 6  # staleness still counts turns
+    flat = build_batch([[a, b, broken]], pack=False)
+    assert len(flat.rows) == 6
+    assert sorted(t for r in flat.rows for t in r.completion) == sorted(
+        t for r in batch.rows for t in r.completion
+    )

@@ -27,8 +27,11 @@ from actors.lm import (
     load_tensors,
     render_prompt,
     sequence_logprobs,
+    sequence_scores,
+    span_scores,
     state_tensors,
 )
+from actors.lm._policy import MIN_BUCKET, PADDING_SLACK, _length_buckets
 from actors.lm._tokenizer import _train
 from cases.bank import CONDITIONS
 from cases.catalogue import default_catalogue
@@ -257,9 +260,12 @@ def test_restricted_grammar_keeps_only_those_kinds(tiny):
 
 
 def prompts_of(policy):
+    """Every prefix of a history, twice, and once more with the last turn's cue."""
     history = steps()
     return [
-        encode_prompt(policy, INTRO, history[:k]) for k in range(len(history) + 1) for _ in (0, 1)
+        encode_prompt(policy, INTRO, history[:k], final=final)
+        for k in range(len(history) + 1)
+        for final in (False, False, True)
     ]
 
 
@@ -269,8 +275,10 @@ def test_sampled_logprobs_equal_the_learners_recomputation(which, request):
     prompts = prompts_of(policy)
     out = generate(policy, prompts, seeds=list(range(len(prompts))))
     completions = [tokens for tokens, _ in out]
-    for tokens, logprobs in out:
+    for prompt, (tokens, logprobs) in zip(prompts, out, strict=True):
         assert policy.grammar.action_of(tokens)  # complete, valid actions
+        if prompt[-1] == policy.dx_id:  # the last turn's cue: a diagnosis, scored as one
+            assert policy.grammar.action_of(tokens).startswith("<diagnosis>")
         assert len(tokens) == len(logprobs) and all(lp <= 0 for lp in logprobs)
     with torch.no_grad():
         again = sequence_logprobs(policy, prompts, completions)
@@ -292,7 +300,8 @@ def test_sampling_is_reproducible_per_seed_whatever_the_batch(tiny):
 
 def test_restricted_generation_only_produces_those_actions(tiny):
     dx = tiny.grammar.restrict(("diagnosis",))
-    out = generate(tiny, prompts_of(tiny), seeds=list(range(8)), grammar=dx)
+    prompts = prompts_of(tiny)
+    out = generate(tiny, prompts, seeds=list(range(len(prompts))), grammar=dx)
     assert all(dx.action_of(t).startswith("<diagnosis>") for t, _ in out)
 
 
@@ -382,3 +391,55 @@ def test_weights_travel_through_engine_weights_pack():
     manifest, blob = weights.pack(3, state_tensors(src))
     load_tensors(dst, weights.unpack(manifest, blob), manifest)
     assert weights_digest(dst) == weights_digest(src)
+
+
+def test_the_last_turns_cue_allows_only_diagnoses(tiny):
+    """After `<|dx|>` the sampled action is always a diagnosis, and the learner scores it under
+    the diagnosis-only distribution (higher logprob than under the full action space)."""
+    final = encode_prompt(tiny, INTRO, steps(), final=True)
+    assert final[-1] == tiny.dx_id and final[:-1] == encode_prompt(tiny, INTRO, steps())[:-1]
+    out = generate(tiny, [final] * 32, seeds=list(range(32)))
+    assert {tiny.grammar.action_of(t)[:11] for t, _ in out} == {"<diagnosis>"}
+    tokens = out[0][0]
+    open_prompt = [*final[:-1], tiny.act_id]
+    with torch.no_grad():
+        restricted, full = sequence_logprobs(tiny, [final, open_prompt], [tokens, tokens])
+    assert float(restricted.sum()) > float(full.sum())
+
+
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=300))
+def test_length_buckets_partition_the_rows_and_bound_the_padding(lengths):
+    buckets = _length_buckets(lengths)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:
+        sizes = [lengths[i] for i in b]
+        assert len(b) <= MIN_BUCKET or len(b) * max(sizes) <= PADDING_SLACK * sum(sizes)
+    for a, b in zip(buckets, buckets[1:], strict=False):  # ascending: no bucket straddles another
+        assert max(lengths[i] for i in a) <= min(lengths[i] for i in b)
+
+
+@pytest.mark.parametrize("which", ["tiny", "pieces"])
+def test_a_whole_episode_scores_in_one_sequence_as_turn_by_turn(which, request):
+    """Turn k+1's prompt is turn k's prompt + its action + what came back + the cue, so one
+    packed sequence with a span per turn gives the same logprobs and entropies as one row per
+    turn (the learner packs episodes this way)."""
+    policy = request.getfixturevalue(which)
+    native = get_dialect("native")
+    history = steps()
+    actions = [policy.tokenizer.encode(native.render_action(s.action)).ids for s in history]
+    prompts = [encode_prompt(policy, INTRO, history[:k]) for k in range(len(history))]
+    prompts.append(encode_prompt(policy, INTRO, history, final=True))
+    final = generate(policy, [prompts[-1]], seeds=[3])[0][0]
+    completions = [*actions, final]
+    for k in range(len(prompts) - 1):  # the chain the learner checks
+        assert prompts[k + 1][: len(prompts[k]) + len(completions[k])] == [
+            *prompts[k],
+            *completions[k],
+        ]
+    packed = [*prompts[-1], *final]
+    spans = [(len(p), len(c)) for p, c in zip(prompts, completions, strict=True)]
+    with torch.no_grad():
+        (lp,), (ent,) = span_scores(policy, [packed], [spans])
+        each, each_ent = sequence_scores(policy, prompts, completions)
+    assert torch.allclose(lp, torch.cat(each), atol=1e-5)
+    assert torch.allclose(ent, torch.cat(each_ent), atol=1e-5)

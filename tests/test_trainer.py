@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from actors.lm import PolicyConfig, generate, sequence_logprobs  # noqa: E402
+from actors.lm import PolicyConfig, encode_prompt, generate, sequence_logprobs  # noqa: E402
 from trainers.batch import Row, TrainBatch  # noqa: E402
 from trainers.trainer import OptimConfig, Trainer  # noqa: E402
 
@@ -31,7 +31,7 @@ def batch_for(trainer: Trainer, good: list[int], bad: list[int], ids: list[int])
     for completion, adv in ((good, 1.0), (good, 1.0), (bad, -1.0), (bad, -1.0)):
         with torch.no_grad():
             behav = sequence_logprobs(trainer.policy, [ids], [completion])[0].tolist()
-        rows.append(Row(ids, completion, behav, adv, trainer.version))
+        rows.append(Row.turn(ids, completion, behav, adv, trainer.version))
     return TrainBatch(rows=rows, trajectories=4, groups=1)
 
 
@@ -56,7 +56,7 @@ def test_a_batch_without_signal_is_a_version_but_no_update() -> None:
     ids = prompt(trainer.policy)
     (tokens, logprobs) = generate(trainer.policy, [ids], seeds=[0])[0]
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    flat = TrainBatch(rows=[Row(ids, tokens, logprobs, 0.0, 0)], trajectories=1, groups=1)
+    flat = TrainBatch(rows=[Row.turn(ids, tokens, logprobs, 0.0, 0)], trajectories=1, groups=1)
     assert trainer.step(flat)["loss"] == 0.0
     assert trainer.version == 1
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
@@ -106,7 +106,9 @@ def test_the_entropy_bonus_spreads_a_peaked_policy() -> None:
         peaked = float(sequence_scores(trainer.policy, [ids], [good])[1][0][0])
     spread = Trainer(TINY, OptimConfig(lr=1e-2, entropy_coef=1.0))
     spread.model.load_state_dict(trainer.model.state_dict())
-    flat = TrainBatch(rows=[Row(ids, good, [0.0] * len(good), 0.0, 0)], trajectories=1, groups=1)
+    flat = TrainBatch(
+        rows=[Row.turn(ids, good, [0.0] * len(good), 0.0, 0)], trajectories=1, groups=1
+    )
     for _ in range(5):
         metrics = spread.step(flat)
     with torch.no_grad():
@@ -115,3 +117,79 @@ def test_the_entropy_bonus_spreads_a_peaked_policy() -> None:
     assert metrics["entropy"] > 0 and all(
         p.grad is None or torch.isfinite(p.grad).all() for p in spread.model.parameters()
     )
+
+
+@pytest.mark.parametrize("norm", ["token", "sequence"])
+def test_rows_without_advantage_are_skipped_without_changing_the_gradient(norm: str) -> None:
+    """The step skips the forward pass of zero-advantage rows but keeps the whole batch's
+    denominator: its gradient equals the loss over every row, computed the slow way."""
+    optim = OptimConfig(norm=norm)
+    trainer = Trainer(TINY, optim)
+    ids = prompt(trainer.policy)
+    longer = [*ids[:-1], *trainer.policy.tokenizer.encode(" cough").ids, trainer.policy.act_id]
+    outs = generate(trainer.policy, [ids, ids, longer, longer, ids], seeds=[1, 2, 3, 4, 5])
+    rows = [
+        Row.turn(p, t, lp, adv, 0)
+        for p, (t, lp), adv in zip(
+            [ids, ids, longer, longer, ids], outs, [1.0, 0.0, -0.5, 0.0, 0.0], strict=True
+        )
+    ]
+    captured: list[dict[str, torch.Tensor]] = []
+    trainer.grad_hook = lambda model: captured.append(
+        {n: p.grad.clone() for n, p in model.named_parameters()}
+    )
+    metrics = trainer.step(TrainBatch(rows=rows, trajectories=5, groups=2))
+    assert metrics["rows_trained"] == 2.0
+    reference = Trainer(TINY, optim)
+    reference.model.zero_grad()
+    _, _, loss = reference._part_loss(rows, None)  # every row, zero advantages included
+    loss.backward()
+    for name, p in reference.model.named_parameters():
+        assert torch.allclose(captured[0][name], p.grad, atol=1e-7), name
+
+
+def test_a_data_parallel_rank_without_signal_still_takes_part() -> None:
+    """With a gradient hook (data parallel), a rank whose rows carry no advantage still runs its
+    backward-and-hook so the collective sees every rank; its own gradient is zero."""
+    trainer = Trainer(TINY, OptimConfig())
+    ids = prompt(trainer.policy)
+    (tokens, logprobs) = generate(trainer.policy, [ids], seeds=[0])[0]
+    seen: list[float] = []
+    trainer.grad_hook = lambda model: seen.append(
+        sum(float(p.grad.abs().sum()) for p in model.parameters())
+    )
+    flat = TrainBatch(rows=[Row.turn(ids, tokens, logprobs, 0.0, 0)], trajectories=1, groups=1)
+    trainer.step(flat)
+    assert seen == [0.0] and trainer.version == 1
+
+
+def test_a_packed_episode_trains_exactly_as_its_turns() -> None:
+    """One row holding a whole episode (a span per turn) gives the gradient of one row per turn."""
+    from protocols.dialects import get_dialect
+    from tests.test_lm import INTRO, steps
+
+    trainer = Trainer(TINY, OptimConfig())
+    policy = trainer.policy
+    history = steps()
+    native = get_dialect("native")
+    actions = [policy.tokenizer.encode(native.render_action(s.action)).ids for s in history]
+    prompts = [encode_prompt(policy, INTRO, history[:k]) for k in range(len(history) + 1)]
+    last = generate(policy, [prompts[-1]], seeds=[1])[0][0]
+    completions = [*actions, last]
+    with torch.no_grad():
+        behav = [lp.tolist() for lp in sequence_logprobs(policy, prompts, completions)]
+    turns = [Row.turn(p, c, b, 0.7, 0) for p, c, b in zip(prompts, completions, behav, strict=True)]
+    packed = Row(
+        [*prompts[-1], *last],
+        [(len(p), len(c)) for p, c in zip(prompts, completions, strict=True)],
+        [x for b in behav for x in b],
+        0.7,
+        [0] * len(prompts),
+    )
+    grads = []
+    for rows in (turns, [packed]):
+        t = Trainer(TINY, OptimConfig())
+        t.grad_hook = lambda m: grads.append([p.grad.clone() for p in m.parameters()])
+        t.step(TrainBatch(rows=rows, trajectories=1, groups=1))
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

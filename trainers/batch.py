@@ -1,4 +1,4 @@
-"""From leased GRPO groups to training rows: one row per generated agent turn.
+"""From leased GRPO groups to training rows: a whole trajectory per row when its turns chain.
 
 A trajectory's reward (the Judge's `Verdict.reward`; an aborted episode without a verdict gets
 `aborted_reward`) is normalised within its group (all samples of one case) into an advantage that
@@ -6,6 +6,11 @@ every turn of the trajectory shares. A turn trains on its completion tokens give
 the log-probabilities and the policy version the agent recorded when it generated them, so the
 learner can correct for stale behaviour policies. Turns without token ids (a scripted or API agent)
 are skipped: there is nothing to train on.
+
+Packing: when a turn's prompt starts with the previous turn's prompt and completion (the `hf`
+agent's prompts do, until the history is cut to fit), the turn joins the previous turn's row: the
+row's ids are the latest prompt and completion and its spans mark every completion in them, so one
+forward pass scores the whole episode instead of one pass per turn over ever longer prompts.
 
 Pure Python plus torch for the advantage arithmetic; no model, no I/O.
 """
@@ -21,11 +26,40 @@ __all__ = ["Row", "TrainBatch", "build_batch"]
 
 @dataclass(frozen=True)
 class Row:
-    prompt: list[int]
-    completion: list[int]
-    behav_logprobs: list[float]
+    """Token ids and the generated completions in them (`spans`, each `(start, length)`)."""
+
+    ids: list[int]
+    spans: list[tuple[int, int]]
+    behav_logprobs: list[float]  # one per completion token, spans in order
     advantage: float
-    version: int  # the policy version that generated the completion
+    versions: list[int]  # the policy version that generated each span
+
+    @classmethod
+    def turn(
+        cls,
+        prompt: list[int],
+        completion: list[int],
+        behav_logprobs: list[float],
+        advantage: float,
+        version: int,
+    ) -> Row:
+        """One turn: its prompt, then its completion."""
+        spans = [(len(prompt), len(completion))]
+        return cls([*prompt, *completion], spans, list(behav_logprobs), advantage, [version])
+
+    @property
+    def completion(self) -> list[int]:
+        """Every trained token, spans in order."""
+        return [t for start, n in self.spans for t in self.ids[start : start + n]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(n for _, n in self.spans)
+
+    @property
+    def version(self) -> int:
+        """The oldest policy version among the spans."""
+        return min(self.versions)
 
 
 @dataclass
@@ -74,7 +108,11 @@ def _advantages(rewards: list[float], groups: list[int], scale: bool) -> list[fl
 
 
 def build_batch(
-    groups: list[list[Trajectory]], *, aborted_reward: float = 0.0, scale: bool = True
+    groups: list[list[Trajectory]],
+    *,
+    aborted_reward: float = 0.0,
+    scale: bool = True,
+    pack: bool = True,
 ) -> TrainBatch:
     batch = TrainBatch(rows=[], trajectories=0, groups=len(groups))
     members = [(g, t) for g, group in enumerate(groups) for t in group]
@@ -91,14 +129,25 @@ def build_batch(
     batch.trajectories = len(members)
     advantages = _advantages(batch.rewards, [g for g, _ in members], scale) if members else []
     for (_, t), adv in zip(members, advantages, strict=True):
+        row: Row | None = None
         for turn in t.turns:
             ids = unpack_ids(turn.token_ids)
             logprobs = unpack_floats(turn.logprobs)
             if not ids or len(ids) != len(logprobs):
                 batch.skipped_turns += 1
                 continue
-            batch.rows.append(
-                Row(unpack_ids(turn.prompt_ids), ids, logprobs, adv, turn.policy_version)
-            )
+            prompt = unpack_ids(turn.prompt_ids)
             batch.versions.append(turn.policy_version)
+            if pack and row is not None and _extends(prompt, row.ids):
+                row.spans.append((len(prompt), len(ids)))
+                row.ids[:] = [*prompt, *ids]
+                row.behav_logprobs.extend(logprobs)
+                row.versions.append(turn.policy_version)
+                continue
+            row = Row.turn(prompt, ids, logprobs, adv, turn.policy_version)
+            batch.rows.append(row)
     return batch
+
+
+def _extends(prompt: list[int], ids: list[int]) -> bool:
+    return len(prompt) > len(ids) and prompt[: len(ids)] == ids

@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from actors.lm import Policy, PolicyConfig, build_policy, sequence_scores
+from actors.lm import Policy, PolicyConfig, build_policy, span_scores
 from trainers.batch import Row, TrainBatch
 
 __all__ = ["OptimConfig", "Trainer"]
@@ -53,6 +54,7 @@ class Trainer:
         *,
         threads: int = 1,
         temperature: float = 1.0,
+        grad_hook: Callable[[Any], None] | None = None,
     ) -> None:
         import torch
 
@@ -71,6 +73,9 @@ class Trainer:
         self.reference: Any = None
         if optim.kl_coef:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # Called with the model after every backward pass, before clipping: a data-parallel
+        # learner averages the gradients across its ranks here.
+        self.grad_hook = grad_hook
         self.version = 0
         self.steps = 0
 
@@ -82,11 +87,8 @@ class Trainer:
         import torch
 
         policy = self.policy if model is None else _with_model(self.policy, model)
-        per_row, entropies = sequence_scores(
-            policy,
-            [r.prompt for r in rows],
-            [r.completion for r in rows],
-            temperature=self.temperature,
+        per_row, entropies = span_scores(
+            policy, [r.ids for r in rows], [r.spans for r in rows], temperature=self.temperature
         )
         width = max(len(x) for x in per_row)
         mask = torch.zeros(len(rows), width, dtype=torch.bool)
@@ -99,75 +101,105 @@ class Trainer:
         return pad(per_row), pad(entropies), mask
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimiser step over the batch (in `minibatches` updates); returns its metrics."""
-        import torch
+        """One optimiser step over the batch (in `minibatches` updates); returns its metrics.
 
-        from trainers.grpo import grpo_loss
+        A row with advantage 0 adds nothing to the clipped surrogate, so without a KL or entropy
+        term its forward pass is skipped; the loss keeps the whole batch's token count (or row
+        count, `norm="sequence"`) as its denominator, so the gradient is the full batch's. Early
+        in training most groups have no success, and this is most of the learner's time saved.
+        """
+        import torch
 
         cfg = self.optim_config
         t0 = time.perf_counter()
         rows = batch.rows
         metrics: dict[str, float] = {"rows": float(len(rows))}
         no_regulariser = self.reference is None and not cfg.entropy_coef
-        if not rows or (all(r.advantage == 0.0 for r in rows) and no_regulariser):
+        kept = [r for r in rows if r.advantage != 0.0] if no_regulariser else list(rows)
+        metrics["rows_trained"] = float(len(kept))
+        if not kept and self.grad_hook is None:
             # No relative signal in the whole batch (and no KL to pull toward the reference): the
             # step is a no-op but still a version, so admission (which counts versions) keeps
-            # the rollouts flowing.
+            # the rollouts flowing. (A data-parallel rank always steps: its peers may have
+            # signal, and the gradient average needs every rank.)
             self.version += 1
             self.steps += 1
             metrics.update(loss=0.0, grad_norm=0.0, clip_fraction=0.0, kl=0.0, tokens=0.0)
             metrics["step_s"] = time.perf_counter() - t0
             return metrics
-        parts = [rows[i :: cfg.minibatches] for i in range(cfg.minibatches)]
-        parts = [p for p in parts if p]
+        n_parts = cfg.minibatches
+        parts = [kept[i::n_parts] for i in range(n_parts)]
+        if self.grad_hook is None:
+            parts = [p for p in parts if p]
+        # the denominator each part would have had with every row in it
+        unit = "token" if cfg.norm == "token" else "row"
+        full = sum(r.tokens for r in rows) if unit == "token" else len(rows)
+        share = max(full / n_parts, 1e-9)
         prox: list[Any] = []
         if len(parts) > 1:
             with torch.no_grad():
-                prox = [self._logprobs(p)[0] for p in parts]
+                prox = [self._logprobs(p)[0] if p else None for p in parts]
         totals = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0, "tokens": 0.0}
         totals["behav_weight"] = totals["behav_capped"] = totals["entropy"] = 0.0
+        params = list(self.model.parameters())
         for k, part in enumerate(parts):
-            logp, entropy, mask = self._logprobs(part)
-            behav = _pad([r.behav_logprobs for r in part], logp.shape[1])
-            adv = torch.tensor([r.advantage for r in part], dtype=torch.float32)
-            ref = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref = self._logprobs(part, self.reference)[0]
-            out = grpo_loss(
-                logp,
-                prox[k] if prox else logp.detach(),
-                adv,
-                mask,
-                behav_logp=behav,
-                ref_logp=ref,
-                eps_low=cfg.eps_low,
-                eps_high=cfg.eps_high,
-                kl_coef=cfg.kl_coef,
-                behav_cap=cfg.behav_cap,
-                norm=cfg.norm,  # type: ignore[arg-type]
-            )
-            loss = out.loss
-            mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
-            if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * mean_entropy
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            if part:
+                out, mean_entropy, loss = self._part_loss(part, prox[k] if prox else None)
+                size = sum(r.tokens for r in part) if unit == "token" else len(part)
+                loss = loss * (size / share) if no_regulariser else loss
+                loss.backward()
+                totals["loss"] += float(loss.detach()) / len(parts)
+                totals["entropy"] += float(mean_entropy.detach()) / len(parts)
+                totals["clip_fraction"] += out.clip_fraction / len(parts)
+                totals["kl"] += out.kl / len(parts)
+                totals["tokens"] += out.tokens
+                totals["behav_weight"] += out.behav_weight_mean / len(parts)
+                totals["behav_capped"] += out.behav_capped_fraction / len(parts)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if self.grad_hook is not None:
+                self.grad_hook(self.model)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
-            totals["loss"] += float(loss.detach()) / len(parts)
-            totals["entropy"] += float(mean_entropy.detach()) / len(parts)
-            totals["clip_fraction"] += out.clip_fraction / len(parts)
-            totals["kl"] += out.kl / len(parts)
             totals["grad_norm"] += float(norm) / len(parts)
-            totals["tokens"] += out.tokens
-            totals["behav_weight"] += out.behav_weight_mean / len(parts)
-            totals["behav_capped"] += out.behav_capped_fraction / len(parts)
         self.version += 1
         self.steps += 1
         metrics.update(totals)
         metrics["step_s"] = time.perf_counter() - t0
         return metrics
+
+    def _part_loss(self, part: list[Row], prox: Any) -> tuple[Any, Any, Any]:
+        """The GRPO loss of one minibatch (its own normalisation), with the entropy bonus."""
+        import torch
+
+        from trainers.grpo import grpo_loss
+
+        cfg = self.optim_config
+        logp, entropy, mask = self._logprobs(part)
+        behav = _pad([r.behav_logprobs for r in part], logp.shape[1])
+        adv = torch.tensor([r.advantage for r in part], dtype=torch.float32)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self._logprobs(part, self.reference)[0]
+        out = grpo_loss(
+            logp,
+            logp.detach() if prox is None else prox,
+            adv,
+            mask,
+            behav_logp=behav,
+            ref_logp=ref,
+            eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high,
+            kl_coef=cfg.kl_coef,
+            behav_cap=cfg.behav_cap,
+            norm=cfg.norm,  # type: ignore[arg-type]
+        )
+        mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        loss = out.loss - cfg.entropy_coef * mean_entropy if cfg.entropy_coef else out.loss
+        return out, mean_entropy, loss
 
     # --- weights and checkpoints ----------------------------------------------------------
 

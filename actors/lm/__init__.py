@@ -29,6 +29,7 @@ from actors.lm._policy import (
     generate,
     sequence_logprobs,
     sequence_scores,
+    span_scores,
 )
 from actors.lm._prompt import compact_result, render_prompt
 from actors.lm._tokenizer import build_tokenizer
@@ -50,5 +51,6 @@ __all__ = [
     "render_prompt",
     "sequence_logprobs",
     "sequence_scores",
+    "span_scores",
     "state_tensors",
 ]

@@ -27,6 +27,10 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     atomic_actions: bool = True  # every action string is one token (a softmax over actions);
     #   False: tag tokens + BPE pieces of the name (a token trie several levels deep)
     rope_theta: float = 10000.0
+    # The last turn of an episode (the intro's `max_turns`) ends its prompt with the `<|dx|>` cue
+    # and only diagnoses may be sampled: every episode ends in a diagnosis, as the scripted
+    # clinician's do, and the prompt tells the model (and the learner's grammar) which turn it is.
+    final_diagnosis: bool = True
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab"):

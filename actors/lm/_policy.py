@@ -15,13 +15,21 @@ from typing import TYPE_CHECKING, Any
 from actors.lm._config import PolicyConfig
 from actors.lm._grammar import ActionGrammar
 from actors.lm._prompt import intro_text, step_text
-from actors.lm._tokenizer import ACT, BOS, PAD, build_tokenizer
+from actors.lm._tokenizer import ACT, BOS, DX, PAD, build_tokenizer
 from protocols.messages import Intro, Step
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Policy", "build_policy", "encode_prompt", "generate", "sequence_logprobs"]
+__all__ = [
+    "Policy",
+    "build_policy",
+    "encode_prompt",
+    "generate",
+    "sequence_logprobs",
+    "sequence_scores",
+    "span_scores",
+]
 
 
 @dataclasses.dataclass
@@ -36,6 +44,12 @@ class Policy:
     pad_id: int
     bos_id: int
     act_id: int
+    dx_id: int  # the last turn's cue: only diagnoses may follow it
+    dx_grammar: ActionGrammar
+
+    def grammar_for(self, prompt: Sequence[int]) -> ActionGrammar:
+        """The grammar a completion of `prompt` is sampled under: its last token (the cue) says."""
+        return self.dx_grammar if prompt and prompt[-1] == self.dx_id else self.grammar
 
 
 def _grammar(config: PolicyConfig) -> ActionGrammar:
@@ -47,6 +61,11 @@ def _grammar(config: PolicyConfig) -> ActionGrammar:
 def _grammar_of(tok: Any, actions: tuple[str, ...]) -> ActionGrammar:
     seqs = [tok.encode(a).ids for a in actions]  # type: ignore[attr-defined]
     return ActionGrammar(actions, seqs, tok.get_vocab_size())  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _diagnoses_of(grammar: ActionGrammar) -> ActionGrammar:
+    return grammar.restrict(("diagnosis",))
 
 
 def build_policy(config: PolicyConfig) -> Policy:
@@ -87,18 +106,27 @@ def build_policy(config: PolicyConfig) -> Policy:
         pad_id=tok.token_to_id(PAD),  # type: ignore[attr-defined]
         bos_id=tok.token_to_id(BOS),  # type: ignore[attr-defined]
         act_id=tok.token_to_id(ACT),  # type: ignore[attr-defined]
+        dx_id=tok.token_to_id(DX),  # type: ignore[attr-defined]
+        dx_grammar=_diagnoses_of(grammar),
     )
 
 
-def encode_prompt(policy: Policy, intro: Intro, steps: Sequence[Step]) -> list[int]:
-    """`<|bos|>` + intro + as many of the latest steps as fit + `<|act|>`, at most
-    `max_prompt_tokens` ids. The oldest steps go first; a single step too long for the room
-    left keeps its end. Parts are tokenized separately (each ends in a line break)."""
+def encode_prompt(
+    policy: Policy, intro: Intro, steps: Sequence[Step], *, final: bool = False
+) -> list[int]:
+    """`<|bos|>` + intro + as many of the latest steps as fit + the cue (`<|act|>`, or `<|dx|>`
+    with `final`: only a diagnosis may follow), at most `max_prompt_tokens` ids. The oldest steps
+    go first; a single step too long for the room left keeps its end. Parts are tokenized
+    separately (each ends in a line break).
+
+    Each step is `<|act|>` + its action + what came back, so while nothing is cut, the prompt of
+    turn k+1 is exactly turn k's prompt + its completion + the observation + the next cue: the
+    learner scores a whole episode in one sequence (`span_scores`)."""
     tok = policy.tokenizer
     budget = policy.config.max_prompt_tokens
     head = [policy.bos_id, *tok.encode(intro_text(intro)).ids][: budget - 1]
     room = budget - len(head) - 1
-    parts = [tok.encode(step_text(s)).ids for s in steps]
+    parts = [[policy.act_id, *tok.encode(step_text(s)).ids] for s in steps]
     kept: list[list[int]] = []
     for ids in reversed(parts):
         if room <= 0:
@@ -108,7 +136,8 @@ def encode_prompt(policy: Policy, intro: Intro, steps: Sequence[Step]) -> list[i
             break
         kept.append(ids)
         room -= len(ids)
-    return [*head, *(t for ids in reversed(kept) for t in ids), policy.act_id]
+    cue = policy.dx_id if final else policy.act_id
+    return [*head, *(t for ids in reversed(kept) for t in ids), cue]
 
 
 def _batch(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, ...]:
@@ -148,26 +177,81 @@ def generate(
 ) -> list[tuple[list[int], list[float]]]:
     """Sample one action per prompt under the grammar: (token ids, logprob of each token).
 
+    Each row's grammar is `grammar` if given, else the one its cue selects
+    (`Policy.grammar_for`).
+
     Batched with left padding and a KV cache; a row stops when its action is complete. Each row
     draws from its own generator seeded by `seeds[i]` (reproducible whatever the batch), else
     from `generator` (or torch's global RNG). Logprobs are those of the masked, temperature-scaled
     distribution sampled from; a forced token (the only one allowed) has logprob 0 and draws no
-    random number. Rows cut by `max_new_tokens` return an incomplete action."""
-    import torch
-    from transformers import DynamicCache
+    random number. Rows cut by `max_new_tokens` return an incomplete action.
 
-    grammar = grammar or policy.grammar
-    _check_prompts(prompts, grammar.vocab)
+    Prompts of very different lengths (an episode's first turn next to its fourth) are generated
+    in length buckets (`_length_buckets`), so little of the compute goes to padding."""
+    import torch
+
+    _check_prompts(prompts, policy.grammar.vocab)
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use a small value for near-greedy decoding)")
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    limit = grammar.max_len if max_new_tokens is None else max_new_tokens
     gens = (
         [torch.Generator().manual_seed(int(s) & ((1 << 63) - 1)) for s in seeds]
         if seeds is not None
-        else None
+        else [generator] * len(prompts)
     )
+    out: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
+    for bucket in _length_buckets([len(p) for p in prompts]):
+        rows = _generate_bucket(
+            policy,
+            [prompts[i] for i in bucket],
+            [grammar or policy.grammar_for(prompts[i]) for i in bucket],
+            [gens[i] for i in bucket],
+            temperature,
+            max_new_tokens,
+        )
+        for i, row in zip(bucket, rows, strict=True):
+            out[i] = row
+    return out
+
+
+PADDING_SLACK = 1.25  # a bucket's padded size may exceed its real tokens by this factor
+MIN_BUCKET = 8  # ... unless it holds fewer rows than this (a forward pass has a fixed cost)
+
+
+def _length_buckets(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices in buckets of similar length: sorted, and a bucket closes when adding the next
+    (longer) row would pad it beyond `PADDING_SLACK` times its real tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        size = lengths[i]
+        padded = (len(current) + 1) * size
+        if len(current) >= MIN_BUCKET and padded > PADDING_SLACK * (real + size):
+            buckets.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += size
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def _generate_bucket(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    grammars: Sequence[ActionGrammar],
+    gens: Sequence[torch.Generator | None],
+    temperature: float,
+    max_new_tokens: int | None,
+) -> list[tuple[list[int], list[float]]]:
+    """`generate` for one bucket: left-padded, KV cache, one grammar walk per row."""
+    import torch
+    from transformers import DynamicCache
+
+    limit = max(g.max_len for g in grammars) if max_new_tokens is None else max_new_tokens
     model = policy.model
     n = len(prompts)
     ids, att, pos = _batch(prompts, policy.pad_id)
@@ -186,25 +270,24 @@ def generate(
                 use_cache=True,
             ).last_hidden_state[:, -1]
             logits = model.lm_head(hidden).float() / temperature
-            mask = torch.stack([grammar.node_mask(nd) for nd in nodes])
+            mask = torch.stack([g.node_mask(nd) for g, nd in zip(grammars, nodes, strict=True)])
             logp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
             nxt = [policy.pad_id] * n
             for i in range(n):
                 if done[i]:
                     continue
-                kids = grammar.children(nodes[i])
+                kids = grammars[i].children(nodes[i])
                 if len(kids) == 1:
                     tok, lp = kids[0], 0.0
                 else:
                     probs = logp[i].exp()
-                    g = gens[i] if gens is not None else generator
-                    tok = int(torch.multinomial(probs, 1, generator=g))
+                    tok = int(torch.multinomial(probs, 1, generator=gens[i]))
                     lp = float(logp[i, tok])
                 out[i][0].append(tok)
                 out[i][1].append(lp)
-                nodes[i] = grammar.step(nodes[i], tok)
+                nodes[i] = grammars[i].step(nodes[i], tok)
                 nxt[i] = tok
-                done[i] = grammar.is_complete(nodes[i])
+                done[i] = grammars[i].is_complete(nodes[i])
             if all(done):
                 break
             step_ids = torch.tensor(nxt, dtype=torch.long)[:, None]
@@ -247,30 +330,64 @@ def sequence_scores(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """`sequence_logprobs`, and the entropy of the (constrained) distribution at each completion
     position, both differentiable: the learner's entropy bonus uses the exact entropy."""
-    import torch
-
-    grammar = grammar or policy.grammar
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    _check_prompts(prompts, grammar.vocab)
-    rows = [[*p, *c] for p, c in zip(prompts, completions, strict=True)]
-    ids, att, pos = _batch(rows, policy.pad_id)
+    _check_prompts(prompts, policy.grammar.vocab)
+    return span_scores(
+        policy,
+        [[*p, *c] for p, c in zip(prompts, completions, strict=True)],
+        [[(len(p), len(c))] for p, c in zip(prompts, completions, strict=True)],
+        constrained=constrained,
+        temperature=temperature,
+        grammar=grammar,
+    )
+
+
+def span_scores(
+    policy: Policy,
+    sequences: Sequence[Sequence[int]],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    *,
+    constrained: bool = True,
+    temperature: float = 1.0,
+    grammar: ActionGrammar | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Logprobs and entropies (differentiable) of the completion tokens in each sequence, in order.
+
+    `spans[i]` lists `(start, length)`: `sequences[i][start:start + length]` is one completion,
+    sampled after the prompt `sequences[i][:start]`, whose last token (the cue) selects the
+    grammar. One sequence can hold a whole episode (each turn's prompt extends the last turn's
+    prompt and completion, see `encode_prompt`), so one forward pass scores all its turns."""
+    import torch
+
+    if len(sequences) != len(spans):
+        raise ValueError(f"{len(sequences)} sequences for {len(spans)} span lists")
+    _check_prompts(sequences, policy.grammar.vocab)
+    ids, att, pos = _batch(sequences, policy.pad_id)
     width = ids.shape[1]
+    picks_row, picks_col, targets, masks, sizes = [], [], [], [], []
+    for i, (seq, row_spans) in enumerate(zip(sequences, spans, strict=True)):
+        offset = width - len(seq)
+        size = 0
+        for start, length in row_spans:
+            if start < 1 or length < 0 or start + length > len(seq):
+                raise ValueError(f"span {(start, length)} does not fit sequence {i}")
+            completion = seq[start : start + length]
+            picks_row += [i] * length
+            picks_col += range(offset + start - 1, offset + start + length - 1)
+            targets += [int(t) for t in completion]
+            if constrained and length:
+                masks.append(
+                    (grammar or policy.grammar_for(seq[start - 1 : start])).mask(completion)
+                )
+            size += length
+        sizes.append(size)
+    if not targets:
+        empty = [torch.zeros(0) for _ in sequences]
+        return empty, list(empty)
     hidden = policy.model.model(
         input_ids=ids, attention_mask=att, position_ids=pos
     ).last_hidden_state
-    # positions predicting each completion token: the one before it
-    picks_row, picks_col, targets, masks = [], [], [], []
-    for i, c in enumerate(completions):
-        start = width - len(c) - 1
-        picks_row += [i] * len(c)
-        picks_col += range(start, start + len(c))
-        targets += [int(t) for t in c]
-        if constrained and len(c):
-            masks.append(grammar.mask(c))
-    if not targets:
-        empty = [torch.zeros(0) for _ in completions]
-        return empty, list(empty)
     h = hidden[torch.tensor(picks_row), torch.tensor(picks_col)]
     logits = policy.model.lm_head(h).float() / temperature
     if constrained:
@@ -281,5 +398,4 @@ def sequence_scores(
     # masked tokens have p = 0 and logp = -inf: zero them first (0 * -inf is nan, in the backward
     # pass too), so only the allowed tokens count
     entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=-1)
-    sizes = [len(c) for c in completions]
     return list(torch.split(chosen, sizes)), list(torch.split(entropy, sizes))

@@ -1,7 +1,8 @@
 """A byte-level BPE trained in-process on the case bank: no download, deterministic, cached.
 
 Special tokens come first (`<|pad|>`, `<|bos|>`, `<|act|>`, the cue after which the action is
-generated); then the learned BPE vocabulary; then added tokens: the six action tags and, with
+generated, and `<|dx|>`, the cue of an episode's last turn, after which only a diagnosis may
+follow); then the learned BPE vocabulary; then added tokens: the six action tags and, with
 `atomic_actions`, every action string as a single token (so an action is one sampling step and
 the policy is a softmax over actions, which is what learns fastest from a few thousand episodes).
 """
@@ -16,10 +17,10 @@ from actors.lm._grammar import KINDS, action_strings
 from actors.lm._prompt import compact_result, intro_text
 from protocols.messages import Intro
 
-__all__ = ["ACT", "BOS", "PAD", "SPECIALS", "TAGS", "build_tokenizer"]
+__all__ = ["ACT", "BOS", "DX", "PAD", "SPECIALS", "TAGS", "build_tokenizer"]
 
-PAD, BOS, ACT = "<|pad|>", "<|bos|>", "<|act|>"
-SPECIALS = (PAD, BOS, ACT)
+PAD, BOS, ACT, DX = "<|pad|>", "<|bos|>", "<|act|>", "<|dx|>"
+SPECIALS = (PAD, BOS, ACT, DX)
 TAGS = tuple(t for k in KINDS for t in (f"<{k}>", f"</{k}>"))
 _ANSWERED_CASES = 200  # cases whose answers to a few questions join the corpus (keeps it < 1 s)
 
