@@ -2,24 +2,36 @@
 
 The state is a 100M-parameter fp32 model (~400 MB: an embedding and six transformer blocks of
 realistic shapes, built as bytes; no torch). One `WeightServer` process publishes it; agent
-processes each run `WeightClient.fetch` (4 MB chunks, 8 in flight, every tensor's sha256
+processes each run `WeightClient.fetch` (4 MB chunks, 2 in flight, every tensor's sha256
 verified) and the aggregate bandwidth is bytes delivered / wall time from the first start to the
 last verified finish (clocks: `time.monotonic`, shared by processes on Linux).
 
 The baseline is the same traffic in raw pyzmq: one ROUTER process answering requests with 4 MB
-frames sliced from one buffer (`copy=False`), DEALER processes keeping 8 requests in flight and
-receiving `copy=False`, with no copy into a blob and no checksum: ZeroMQ over tcp loopback alone.
+frames sliced from one buffer (`copy=False`), the same number of DEALER processes each receiving
+the whole state with the same 2 requests in flight, `copy=False`, with no copy into a blob and
+no checksum: ZeroMQ over tcp loopback alone. A second raw variant lands every chunk in one
+fresh `bytearray` per fetch (`recv_into`, as `WeightClient` does) but hashes nothing: what
+returning one contiguous blob costs by itself.
 
 Rows (benchmark `weight_sync`):
-- `fetch_4`, `raw_4`   MB/s, 4 agent processes at once (the performance target's setting).
-- `fetch_1`, `raw_1`   MB/s, one agent process.
-- `ratio_4`, `ratio_1` fetch / raw; the design's target is `ratio_4` >= 0.5.
-- `fetch_cpu`, `raw_cpu` CPU seconds (all threads) per GB an agent process receives, 4 at once.
-- `sha256`             MB/s of hashlib's sha256 on one thread: the verification's own cost.
+- `fetch_4`, `raw_4`, `blob_4`   MB/s, 4 agent processes at once (the target's setting).
+- `fetch_1`, `raw_1`, `blob_1`   MB/s, one agent process.
+- `ratio_4`, `ratio_1`           fetch / raw; the design's target is `ratio_4` >= 0.5.
+- `reuse_4`, `reuse_ratio_4`     MB/s and ratio to raw of 4 agents each fetching into the blob
+                                 of its previous fetch (`fetch(into=)`): no fresh memory.
+- `fetch_cpu`, `reuse_cpu`, `blob_cpu`, `raw_cpu`  CPU seconds (all threads) per GB an agent
+                                 process receives, 4 at once.
+- `publish_s`, `publish_rate`    the learner's side, once per version whatever the number of
+                                 agents: `pack` (sha256 of every tensor, one copy into the blob),
+                                 seconds and MB/s. Not part of the fetch rates.
+- `sha256`                       MB/s of hashlib's sha256 on one thread: the verification's cost.
 
 Where the difference goes: a fetch must land the bytes in one contiguous blob (one copy out of
-ZeroMQ's buffers, plus first-touch page faults) and hash all of them; raw ZeroMQ does neither.
-On a machine where all processes share two cores, the ratio is bounded by those CPU costs.
+ZeroMQ's buffers, plus first-touch page faults of fresh memory: `blob_*`) and hash all of them
+(`sha256`); raw ZeroMQ does neither. With every process sharing two cores, the ratio is bounded
+by those CPU costs: per GB, sha256 alone (1 / `sha256` s) costs more CPU than raw ZeroMQ's
+client (`raw_cpu`) and server together, and touching a fresh blob's pages about as much again
+(`blob_cpu` - `raw_cpu`; `reuse_*` skips that part).
 
 All processes are started with `spawn` once per benchmark subprocess (shared by the rounds) and
 always joined, or terminated by pid.
@@ -34,6 +46,7 @@ import multiprocessing as mp
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from multiprocessing.connection import Connection
 
 from benchmarks.common import Context, Row, log
@@ -41,7 +54,7 @@ from benchmarks.common import Context, Row, log
 __all__ = ["Fleet", "bench", "model_shapes", "model_sizes", "model_tensors"]
 
 CLIENTS = 4
-WINDOW = 8
+WINDOW = 2  # requests in flight, dxsim and raw alike (WeightClient's default)
 MB = 1e6
 
 
@@ -103,12 +116,13 @@ def _dxsim_server_main(conn: Connection, quick: bool) -> None:
         server = WeightServer(ctx=zmq.Context())
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            manifest, blob = pack(
-                1, model_tensors(**model_sizes(quick)), chunk_bytes=_chunk_bytes(quick)
-            )
+            tensors = model_tensors(**model_sizes(quick))
+            t0 = time.perf_counter()
+            manifest, blob = pack(1, tensors, chunk_bytes=_chunk_bytes(quick))
+            publish_s = time.perf_counter() - t0
             server.publish(manifest, blob)
-            del blob
-            conn.send((server.endpoint, manifest.total_bytes))
+            del blob, tensors
+            conn.send((server.endpoint, manifest.total_bytes, publish_s))
             with contextlib.suppress(EOFError):
                 await trio.to_thread.run_sync(conn.recv)  # stop, or the parent is gone
             nursery.cancel_scope.cancel()
@@ -124,13 +138,16 @@ def _dxsim_client_main(conn: Connection, endpoint: str) -> None:
 
     client = WeightClient(endpoint, ctx=zmq.Context(), window=WINDOW, timeout_s=120.0)
     conn.send("ready")
-    while conn.recv() == "fetch":
+    blob = None
+    while (command := conn.recv()) in ("fetch", "reuse"):
+        into, blob = (blob if command == "reuse" else None), None
         c0, t0 = _cpu(), time.monotonic()
-        manifest, blob = trio.run(client.fetch, 1)  # verifies every tensor's sha256
+        manifest, blob = trio.run(partial(client.fetch, 1, into=into))  # verifies every sha256
         t1 = time.monotonic()
         assert manifest.version == 1 and len(blob) == manifest.total_bytes
+        assert command == "fetch" or blob is into
         conn.send((t0, t1, len(blob), _cpu() - c0))
-        del blob
+        del into
 
 
 def _raw_server_main(conn: Connection, total: int, chunk: int) -> None:
@@ -157,7 +174,8 @@ def _raw_server_main(conn: Connection, total: int, chunk: int) -> None:
         ctx.term()
 
 
-def _raw_client_main(conn: Connection, endpoint: str, total: int, chunk: int) -> None:
+def _raw_client_main(conn: Connection, endpoint: str, total: int, chunk: int, land: bool) -> None:
+    """Raw DEALER; with `land`, each fetch receives into one fresh `bytearray(total)`."""
     import zmq
 
     ctx = zmq.Context()
@@ -174,9 +192,15 @@ def _raw_client_main(conn: Connection, endpoint: str, total: int, chunk: int) ->
             while asked < min(WINDOW, count):
                 sock.send(asked.to_bytes(4, "little"))
                 asked += 1
+            if land:
+                blob = memoryview(bytearray(total))
             while received < count:
-                _, data = sock.recv_multipart(copy=False)
-                got += len(data.buffer)
+                if land:
+                    index = int.from_bytes(sock.recv(), "little")
+                    got += sock.recv_into(blob[index * chunk : (index + 1) * chunk])
+                else:
+                    _, data = sock.recv_multipart(copy=False)
+                    got += len(data.buffer)
                 received += 1
                 if asked < count:
                     sock.send(asked.to_bytes(4, "little"))
@@ -184,6 +208,8 @@ def _raw_client_main(conn: Connection, endpoint: str, total: int, chunk: int) ->
             t1 = time.monotonic()
             assert got == total
             conn.send((t0, t1, got, _cpu() - c0))
+            if land:
+                del blob
     finally:
         sock.close()
         ctx.term()
@@ -206,15 +232,17 @@ def _stop(proc: mp.process.BaseProcess, timeout: float = 10.0) -> None:
 class Fleet:
     """A serving process and `CLIENTS` fetching processes, idle between rounds."""
 
-    def __init__(self, clients: list[Connection], total: int) -> None:
+    def __init__(self, clients: list[Connection], total: int, publish_s: float) -> None:
         self.clients = clients
         self.total = total
+        self.publish_s = publish_s  # the dxsim server's `pack`; 0 for raw
 
-    def measure(self, n: int) -> tuple[float, float]:
+    def measure(self, n: int, command: str = "fetch") -> tuple[float, float]:
         """Aggregate MB/s of `n` clients fetching the whole state at once, and the clients'
-        CPU seconds per GB received."""
+        CPU seconds per GB received. `command` "reuse": each dxsim client receives into the
+        blob of its previous fetch (`WeightClient.fetch(into=)`)."""
         for conn in self.clients[:n]:
-            conn.send("fetch")
+            conn.send(command)
         results = []
         for conn in self.clients[:n]:
             if not conn.poll(300):
@@ -242,7 +270,7 @@ def _fleet(kind: str, quick: bool) -> Iterator[Fleet]:
             procs.append(server)
             if not here.poll(300):
                 raise TimeoutError("weight_sync: the weight server did not start")
-            endpoint, total = here.recv()
+            endpoint, total, publish_s = here.recv()
             target, extra = _dxsim_client_main, ()
         else:
             total = sum(4 * math.prod(shape) for _, shape in model_shapes(**model_sizes(quick)))
@@ -252,7 +280,7 @@ def _fleet(kind: str, quick: bool) -> Iterator[Fleet]:
             if not here.poll(60):
                 raise TimeoutError("weight_sync: the raw server did not start")
             endpoint = here.recv()
-            target, extra = _raw_client_main, (total, chunk)
+            target, extra, publish_s = _raw_client_main, (total, chunk, kind == "blob"), 0.0
         clients = []
         for _ in range(CLIENTS):
             mine, theirs = spawn.Pipe()
@@ -265,7 +293,7 @@ def _fleet(kind: str, quick: bool) -> Iterator[Fleet]:
             if not conn.poll(60) or conn.recv() != "ready":
                 raise RuntimeError("weight_sync: a client did not start")
         log.info("weight_sync: %s fleet up, %.0f MB state", kind, total / MB)
-        yield Fleet(clients, total)
+        yield Fleet(clients, total, publish_s)
     finally:
         for conn in conns:
             with contextlib.suppress(OSError):
@@ -281,12 +309,16 @@ def bench(ctx: Context) -> list[Row]:
     # One fleet at a time: the raw one is measured and torn down before the dxsim one (memory).
     rates: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    for kind in ("raw", "dxsim"):
+    publish_s = 0.0
+    for kind in ("raw", "blob", "dxsim"):
         with _fleet(kind, ctx.quick) as fleet:
-            fleet.measure(1)  # warm-up: connections, page faults of the blob
+            fleet.measure(1)  # warm-up: connections, the server's pages
             for n in (1, CLIENTS):
                 rates[f"{kind}_{n}"], cpu[f"{kind}_{n}"] = fleet.measure(n)
+            if kind == "dxsim":
+                rates["reuse"], cpu["reuse"] = fleet.measure(CLIENTS, "reuse")
             total = fleet.total
+            publish_s = max(publish_s, fleet.publish_s)
         log.info(
             "weight_sync %s: 1 client %.0f MB/s, %d clients %.0f MB/s",
             kind,
@@ -303,6 +335,13 @@ def bench(ctx: Context) -> list[Row]:
             Row(name, f"raw_{n}", rates[f"raw_{n}"], "MB/s", f"{who}, raw pyzmq copy=False"),
             Row(
                 name,
+                f"blob_{n}",
+                rates[f"blob_{n}"],
+                "MB/s",
+                f"{who}, raw pyzmq into a fresh bytearray, no hash",
+            ),
+            Row(
+                name,
                 f"ratio_{n}",
                 rates[f"dxsim_{n}"] / rates[f"raw_{n}"],
                 "x",
@@ -311,7 +350,19 @@ def bench(ctx: Context) -> list[Row]:
         ]
     rows += [
         Row(name, "fetch_cpu", cpu[f"dxsim_{CLIENTS}"], "s/GB", "agent process CPU, all threads"),
+        Row(
+            name,
+            "reuse_4",
+            rates["reuse"],
+            "MB/s",
+            f"{CLIENTS} agent processes, verified, each into its previous blob (fetch(into=))",
+        ),
+        Row(name, "reuse_ratio_4", rates["reuse"] / rates[f"raw_{CLIENTS}"], "x", "reuse / raw"),
+        Row(name, "reuse_cpu", cpu["reuse"], "s/GB", "agent process CPU, fetch(into=)"),
+        Row(name, "blob_cpu", cpu[f"blob_{CLIENTS}"], "s/GB", "raw client into a blob, CPU"),
         Row(name, "raw_cpu", cpu[f"raw_{CLIENTS}"], "s/GB", "raw client process CPU"),
+        Row(name, "publish_s", publish_s, "s", f"learner's pack of the {state}, once per version"),
+        Row(name, "publish_rate", total / publish_s / MB, "MB/s", "pack: sha256 + one copy"),
         Row(name, "sha256", _sha256_rate(ctx), "MB/s", "hashlib, one thread: verification cost"),
     ]
     return rows

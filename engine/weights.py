@@ -15,8 +15,9 @@ Protocol (one request per (envelope, body) pair, envelope `Kind.REQUEST` with an
 - `ChunkQuery(version, index)` -> `Chunk(version, index, data=b"")` followed by ONE extra raw frame
   holding the chunk's bytes: the reply is (envelope, body, data). The data frame is sent
   `copy=False` from a view of the published blob, so the server copies nothing, and the client
-  copies it once, into the blob it assembles. A reader of the stream takes the frame after a
-  `Chunk` body as its data; every other reply is a plain (envelope, body) pair. Errors:
+  receives it straight into its place in the blob it assembles (one copy, by libzmq). A reader
+  of the stream takes the frame after a `Chunk` body as its data; every other reply is a plain
+  (envelope, body) pair. Errors:
   `NOT_FOUND` (version gone), `BAD_REQUEST` (index out of range, or not a weight request),
   `BAD_MESSAGE` (undecodable).
 """
@@ -189,10 +190,15 @@ def _mismatch(entry: TensorEntry, got: str) -> str:
     )
 
 
-def unpack(manifest: WeightManifest, blob: bytes | bytearray | memoryview) -> dict[str, memoryview]:
-    """Views of each tensor's bytes in `blob`, after checking the size and every sha256.
+def unpack(
+    manifest: WeightManifest, blob: bytes | bytearray | memoryview, *, verify: bool = True
+) -> dict[str, memoryview]:
+    """Views of each tensor's bytes in `blob`, after checking the layout, the size and (unless
+    `verify` is False) every sha256.
 
-    All or nothing: any mismatch raises `WeightError` naming the tensor."""
+    All or nothing: any mismatch raises `WeightError` naming the tensor. `verify=False` is for a
+    blob `WeightClient.fetch` has just returned: it hashed every tensor already, and hashing
+    costs about as much as the whole transfer."""
     view = _as_bytes_view("<blob>", blob)
     _check_layout(manifest)
     if view.nbytes != manifest.total_bytes:
@@ -200,8 +206,9 @@ def unpack(manifest: WeightManifest, blob: bytes | bytearray | memoryview) -> di
             f"weights v{manifest.version}: blob has {view.nbytes} bytes, "
             f"manifest says {manifest.total_bytes}"
         )
-    for entry in manifest.tensors:
-        _check_tensor(entry, view)
+    if verify:
+        for entry in manifest.tensors:
+            _check_tensor(entry, view)
     return {t.name: view[t.offset : t.offset + t.nbytes] for t in manifest.tensors}
 
 
@@ -383,7 +390,8 @@ class _Dealer:
 
 
 class _Hasher:
-    """Per-tensor sha256 over the blob's bytes fed in order, chunk by chunk (no blob needed)."""
+    """Per-tensor sha256 over the blob's bytes fed in order (any slicing), verified as each
+    tensor's last byte goes in."""
 
     def __init__(self, manifest: WeightManifest) -> None:
         self.todo = sorted(manifest.tensors, key=lambda t: (t.offset, t.nbytes), reverse=True)
@@ -427,10 +435,15 @@ class _Hasher:
 class WeightClient:
     """Fetches one version from a `WeightServer`; each `fetch` opens and closes its own socket.
 
-    Chunks are appended to the blob in order as they arrive (one copy, no zero-filling first)
-    and hashed, tensor by tensor, in a worker thread (hashlib drops the GIL) from ZeroMQ's own
-    buffers while later chunks keep arriving. A bounded hand-over queue keeps the hashing from
-    falling more than `window` chunks behind."""
+    The blob is allocated once, at its final size, while the first `window` chunk requests are
+    in flight; each chunk's data frame is received straight into its place in it (one copy, by
+    libzmq, without the GIL). As the blob's complete prefix grows, a worker thread hashes it
+    tensor by tensor (hashlib drops the GIL), overlapping verification with receiving.
+
+    The default `window` of 2 keeps one chunk travelling while another lands. Measured with
+    4 MB chunks on loopback, wider windows were no faster and cost CPU: with 8 in flight
+    libzmq's 4 MB receive buffers no longer fit what malloc keeps, so about a third of the
+    blob's size is page-faulted again on every fetch."""
 
     def __init__(
         self,
@@ -438,7 +451,7 @@ class WeightClient:
         *,
         ctx: zmq.Context[Any] | None = None,
         curve: CurveKeys | None = None,
-        window: int = 8,
+        window: int = 2,
         timeout_s: float = 30.0,
     ) -> None:
         if window < 1:
@@ -449,27 +462,19 @@ class WeightClient:
         self.window = window
         self.timeout_s = timeout_s
 
-    async def fetch(self, version: int | None = None) -> tuple[WeightManifest, bytearray]:
-        """The manifest and verified blob of `version` (None: the latest)."""
+    async def fetch(
+        self, version: int | None = None, *, into: bytearray | None = None
+    ) -> tuple[WeightManifest, bytearray]:
+        """The manifest and verified blob of `version` (None: the latest); all or nothing.
+
+        `into`: a buffer to receive into instead of a fresh one, e.g. the previous version's
+        blob once it is applied. Touching fresh memory costs about as much CPU as hashing it,
+        and this saves it. Used (and returned) only when its size is the version's; it is
+        overwritten, so after a failed fetch its content is garbage."""
         dealer = _Dealer(self.ctx, self.endpoint, self.curve)
         try:
             manifest = await self._manifest(dealer, version)
-            hasher = _Hasher(manifest)
-            failure: list[WeightError] = []
-            blob = bytearray()
-            chunks, hashing = trio.open_memory_channel[Any](self.window)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_verifier, hashing, hasher, failure, nursery)
-                try:
-                    async with chunks:
-                        await self._chunks(dealer, manifest, blob, chunks)
-                except WeightError as exc:
-                    failure.append(exc)
-                    nursery.cancel_scope.cancel()
-            if failure:
-                raise failure[0]
-            hasher.finish(manifest.total_bytes)
-            return manifest, blob
+            return manifest, await _Fetch(self, dealer, manifest).run(into)
         finally:
             dealer.close()
 
@@ -477,7 +482,8 @@ class WeightClient:
         query = ManifestQuery(-1 if version is None else version)
         await dealer.send([encode_envelope(Kind.REQUEST, 1), encode(query)])
         while True:
-            for reply_id, msg, _ in await self._replies(dealer, "the manifest"):
+            await self._wait(dealer, "the manifest")
+            for reply_id, msg in _replies(dealer.sock, self.endpoint, _skip_data):
                 if reply_id != 1:
                     continue
                 if not isinstance(msg, WeightManifest):
@@ -487,55 +493,7 @@ class WeightClient:
                 _check_layout(msg)
                 return msg
 
-    async def _chunks(
-        self,
-        dealer: _Dealer,
-        manifest: WeightManifest,
-        blob: bytearray,
-        hashing: trio.MemorySendChannel[Any],
-    ) -> None:
-        total, cb, v = manifest.total_bytes, manifest.chunk_bytes, manifest.version
-        count = chunk_count(manifest)
-        asked: dict[int, int] = {}  # request id -> chunk index
-        early: dict[int, Any] = {}  # chunks received before their predecessors
-        ids = itertools.count(2)
-        next_index = 0  # the next chunk to ask for
-        appended = 0  # chunks 0..appended-1 are in the blob
-
-        async def ask() -> None:
-            nonlocal next_index
-            msg_id = next(ids)
-            query = encode(ChunkQuery(v, next_index))
-            await dealer.send([encode_envelope(Kind.REQUEST, msg_id), query])
-            asked[msg_id] = next_index
-            next_index += 1
-
-        while next_index < count and len(asked) < self.window:
-            await ask()
-        while asked:
-            for reply_id, msg, frame in await self._replies(dealer, f"chunks of v{v}"):
-                index = asked.pop(reply_id, None)
-                if index is None:
-                    continue  # a stray reply
-                if not isinstance(msg, Chunk) or msg.version != v or msg.index != index:
-                    raise WeightError(f"{self.endpoint} answered chunk {index} of v{v} with {msg}")
-                size = min(cb, total - index * cb)
-                if len(frame.buffer) != size:
-                    raise WeightError(
-                        f"chunk {index} of v{v}: {len(frame.buffer)} bytes, expected {size}"
-                    )
-                early[index] = frame
-                while appended in early:
-                    frame = early.pop(appended)
-                    blob += frame.buffer
-                    await hashing.send(frame)
-                    appended += 1
-                if next_index < count:
-                    await ask()
-
-    async def _replies(self, dealer: _Dealer, what: str) -> list[tuple[int, Any, Any]]:
-        """One received message as (id, body, data frame or None) replies: a `Chunk` body is
-        followed by its data frame, received without copying (a `zmq.Frame`)."""
+    async def _wait(self, dealer: _Dealer, what: str) -> None:
         try:
             with trio.fail_after(self.timeout_s):
                 await dealer.readable()
@@ -544,54 +502,146 @@ class WeightClient:
                 f"weight server {self.endpoint} sent nothing for {self.timeout_s:g} s "
                 f"while fetching {what} (gone?)"
             ) from None
-        sock = dealer.sock
-        out: list[tuple[int, Any, Any]] = []
-        more = True
-        while more:
-            header = sock.recv(_NOBLOCK)
+
+
+def _skip_data(sock: zmq.Socket[Any], msg_id: int, chunk: Chunk) -> None:
+    sock.recv(_NOBLOCK, copy=False)
+
+
+def _replies(sock: zmq.Socket[Any], endpoint: str, on_data: Any) -> list[tuple[int, Any]]:
+    """The replies of one received message as (id, body). A `Chunk` body is followed by its
+    data frame, which `on_data(sock, id, chunk)` must receive before the next reply is read."""
+    out: list[tuple[int, Any]] = []
+    more = True
+    while more:
+        header = sock.recv(_NOBLOCK)
+        if not sock.getsockopt(_RCVMORE):
+            raise WeightError(f"{endpoint} sent a reply with a stray frame")
+        body = sock.recv(_NOBLOCK)
+        try:
+            env = decode_envelope(header)
+            msg = decode(body)
+        except ProtocolError as exc:
+            raise WeightError(f"{endpoint} sent a bad reply: {exc}") from None
+        if isinstance(msg, Error):
+            raise WeightError(f"weight server {endpoint}: {msg.code.name}: {msg.message}")
+        if isinstance(msg, Chunk):
             if not sock.getsockopt(_RCVMORE):
-                raise WeightError(f"{self.endpoint} sent a reply with a stray frame")
-            body = sock.recv(_NOBLOCK)
-            try:
-                env = decode_envelope(header)
-                msg = decode(body)
-            except ProtocolError as exc:
-                raise WeightError(f"{self.endpoint} sent a bad reply: {exc}") from None
-            if isinstance(msg, Error):
-                raise WeightError(f"weight server {self.endpoint}: {msg.code.name}: {msg.message}")
-            frame = None
-            if isinstance(msg, Chunk):
-                if not sock.getsockopt(_RCVMORE):
-                    raise WeightError(f"{self.endpoint} sent chunk {msg.index} without its data")
-                frame = sock.recv(_NOBLOCK, copy=False)
-            out.append((env.id, msg, frame))
-            more = bool(sock.getsockopt(_RCVMORE))
-        return out
+                raise WeightError(f"{endpoint} sent chunk {msg.index} without its data")
+            on_data(sock, env.id, msg)
+        out.append((env.id, msg))
+        more = bool(sock.getsockopt(_RCVMORE))
+    return out
 
 
-async def _verifier(
-    hashing: trio.MemoryReceiveChannel[Any],
-    hasher: _Hasher,
-    failure: list[WeightError],
-    nursery: trio.Nursery,
-) -> None:
-    """Feed chunks, in order, to the hasher in a worker thread; a mismatch stops the fetch."""
-    async with hashing:
-        async for frame in hashing:
-            frames = [frame]
-            while True:
-                try:
-                    frames.append(hashing.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+class _Fetch:
+    """One fetch's chunk traffic and verification (the fetching task owns the socket)."""
+
+    def __init__(self, client: WeightClient, dealer: _Dealer, manifest: WeightManifest) -> None:
+        self.client = client
+        self.dealer = dealer
+        self.manifest = manifest
+        self.count = chunk_count(manifest)
+        self.asked: dict[int, int] = {}  # request id -> chunk index
+        self.ids = itertools.count(2)
+        self.next_index = 0  # the next chunk to ask for
+        self.arrived = [False] * self.count
+        self.prefix = 0  # chunks 0..prefix-1 are in the blob
+        self.view = memoryview(bytearray())
+        self.failure: list[WeightError] = []
+
+    async def run(self, into: bytearray | None) -> bytearray:
+        m = self.manifest
+        await self._ask()  # the first window travels while the blob's pages are touched
+        reuse = isinstance(into, bytearray) and len(into) == m.total_bytes
+        blob = into if reuse and into is not None else bytearray(m.total_bytes)
+        self.view = memoryview(blob)
+        hasher = _Hasher(m)
+        done, progress = trio.open_memory_channel[int](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._verify, progress, hasher, nursery.cancel_scope)
             try:
-                await trio.to_thread.run_sync(_feed_all, hasher, frames)
+                async with done:
+                    await self._receive(done)
             except WeightError as exc:
-                failure.append(exc)
+                self.failure.append(exc)
                 nursery.cancel_scope.cancel()
-                return
+        if self.failure:
+            raise self.failure[0]
+        hasher.finish(m.total_bytes)
+        self.view.release()
+        return blob
 
+    async def _ask(self) -> None:
+        """Top the window up: all new requests leave in one message."""
+        frames: list[bytes] = []
+        v = self.manifest.version
+        while self.next_index < self.count and len(self.asked) < self.client.window:
+            msg_id = next(self.ids)
+            frames += [
+                encode_envelope(Kind.REQUEST, msg_id),
+                encode(ChunkQuery(v, self.next_index)),
+            ]
+            self.asked[msg_id] = self.next_index
+            self.next_index += 1
+        if frames:
+            await self.dealer.send(frames)
 
-def _feed_all(hasher: _Hasher, frames: list[Any]) -> None:
-    for frame in frames:
-        hasher.feed(frame.buffer)
+    async def _receive(self, done: trio.MemorySendChannel[int]) -> None:
+        m = self.manifest
+        what = f"chunks of v{m.version}"
+        sock = self.dealer.sock
+        while self.asked:
+            await self.client._wait(self.dealer, what)
+            while int(sock.getsockopt(_EVENTS)) & _POLLIN:
+                for msg_id, msg in _replies(sock, self.client.endpoint, self._land):
+                    if msg_id in self.asked and not isinstance(msg, Chunk):
+                        raise WeightError(
+                            f"{self.client.endpoint} answered chunk {self.asked[msg_id]} "
+                            f"of v{m.version} with {type(msg).__name__}"
+                        )
+            if self.prefix < self.count and self.arrived[self.prefix]:
+                while self.prefix < self.count and self.arrived[self.prefix]:
+                    self.prefix += 1
+                done.send_nowait(min(self.prefix * m.chunk_bytes, m.total_bytes))
+            await self._ask()
+
+    def _land(self, sock: zmq.Socket[Any], msg_id: int, msg: Chunk) -> None:
+        """Receive a chunk's data frame into its place in the blob (or drop a stray one)."""
+        index = self.asked.pop(msg_id, None)
+        m = self.manifest
+        if index is None:
+            sock.recv(_NOBLOCK, copy=False)  # a stray reply
+            return
+        if msg.version != m.version or msg.index != index:
+            raise WeightError(
+                f"{self.client.endpoint} answered chunk {index} of v{m.version} with {msg}"
+            )
+        start = index * m.chunk_bytes
+        size = min(m.chunk_bytes, m.total_bytes - start)
+        got = sock.recv_into(self.view[start : start + size], flags=_NOBLOCK)
+        if got != size:
+            raise WeightError(f"chunk {index} of v{m.version}: {got} bytes, expected {size}")
+        self.arrived[index] = True
+
+    async def _verify(
+        self,
+        progress: trio.MemoryReceiveChannel[int],
+        hasher: _Hasher,
+        cancel: trio.CancelScope,
+    ) -> None:
+        """Hash the blob's newly complete prefix in a worker thread; a mismatch stops the
+        fetch."""
+        async with progress:
+            async for end in progress:
+                while True:
+                    try:
+                        end = progress.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                try:
+                    await trio.to_thread.run_sync(hasher.feed, self.view[hasher.pos : end])
+                except WeightError as exc:
+                    self.failure.append(exc)
+                    cancel.cancel()
+                    return

@@ -318,3 +318,93 @@ async def test_client_refuses_malformed_chunk_replies(reply, message) -> None:
                 await client.fetch()
     finally:
         sock.close()
+
+
+def test_unpack_without_verify_still_checks_sizes() -> None:
+    """`verify=False` (for a blob a fetch has just verified) skips only the hashing."""
+    manifest, blob = state(1)
+    bad = bytearray(blob)
+    bad[0] ^= 1
+    with pytest.raises(WeightError, match="tensor 'embed': sha256 mismatch"):
+        unpack(manifest, bad)
+    assert bytes(unpack(manifest, bad, verify=False)["embed"]) == bytes(bad[:5000])
+    with pytest.raises(WeightError, match="blob has 10006 bytes, manifest says 10007"):
+        unpack(manifest, bad[:-1], verify=False)
+
+
+@pytest.mark.parametrize("window", [1, 3, 64])
+@pytest.mark.parametrize(("index", "tensor"), [(2, "embed"), (5, "head"), (10, "head")])
+async def test_a_corrupted_chunk_mid_fetch_raises_and_returns_nothing(window, index, tensor):
+    """The server's blob is intact but one chunk travels damaged: whatever the window, the
+    fetch raises naming the tensor that chunk belongs to, and the next fetch is whole."""
+    manifest, blob = state(1)
+    damaged = True
+
+    class Damaging(WeightServer):
+        def _answer(self, msg_id, msg):  # type: ignore[no-untyped-def]
+            reply = super()._answer(msg_id, msg)
+            if damaged and isinstance(msg, ChunkQuery) and msg.index == index:
+                data = bytearray(reply[-1])
+                data[len(data) // 2] ^= 0xFF
+                reply[-1] = bytes(data)
+            return reply
+
+    async with trio.open_nursery() as nursery:
+        server = Damaging(ctx=zmq.Context.instance())
+        await nursery.start(server.run)
+        server.publish(manifest, blob)
+        client = WeightClient(server.endpoint, window=window, timeout_s=10)
+        with pytest.raises(WeightError, match=f"tensor '{tensor}': sha256 mismatch"):
+            await client.fetch(1)
+        damaged = False
+        assert await client.fetch(1) == (manifest, blob)
+        nursery.cancel_scope.cancel()
+
+
+async def test_stray_chunk_replies_are_skipped_with_their_data() -> None:
+    """A reply to a request this fetch never made (an id it does not know) is dropped, data
+    frame and all, and the fetch goes on; the blob is exactly the server's."""
+    manifest, blob = state(1)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    count = math.ceil(manifest.total_bytes / manifest.chunk_bytes)
+
+    def serve() -> None:
+        ident, env, _ = sock.recv_multipart()
+        sock.send_multipart(
+            [ident, envelope(Kind.REPLY, decode_envelope(env).id), encode(manifest)]
+        )
+        for _ in range(count):
+            ident, env, body = sock.recv_multipart()
+            request, query = decode_envelope(env), decode(body)
+            data = blob[query.index * 1000 : (query.index + 1) * 1000]
+            stray = [envelope(Kind.REPLY, 10**6), encode(Chunk(1, query.index, b"")), b"x" * 7]
+            real = [envelope(Kind.REPLY, request.id), encode(Chunk(1, query.index, b"")), data]
+            sock.send_multipart([ident, *stray, *real])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, serve)
+            client = WeightClient(f"tcp://127.0.0.1:{port}", window=1, timeout_s=5)
+            assert await client.fetch() == (manifest, blob)
+    finally:
+        sock.close()
+
+
+async def test_fetch_into_a_previous_blob_reuses_it_when_the_size_fits() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        m1, b1 = state(1)
+        server.publish(m1, b1)
+        client = WeightClient(server.endpoint, timeout_s=10)
+        _, blob = await client.fetch(1)
+        server.publish(*state(2))
+        manifest, again = await client.fetch(2, into=blob)
+        assert again is blob and (manifest, again) == state(2)
+        small = bytearray(10)
+        manifest, fresh = await client.fetch(1, into=small)
+        assert fresh is not small and small == bytearray(10) and (manifest, fresh) == (m1, b1)
+        nursery.cancel_scope.cancel()
