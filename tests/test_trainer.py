@@ -193,3 +193,28 @@ def test_a_packed_episode_trains_exactly_as_its_turns() -> None:
         t.step(TrainBatch(rows=rows, trajectories=1, groups=1))
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_entropy_bonus_on_every_row_is_the_full_batch_loss() -> None:
+    """`entropy_sample = 1`: every row without advantage is scored for the entropy term, and the
+    gradient is that of the loss over the whole batch; a smaller share scores fewer rows."""
+    optim = OptimConfig(entropy_coef=0.1, entropy_sample=1.0)
+    trainer = Trainer(TINY, optim)
+    ids = prompt(trainer.policy)
+    outs = generate(trainer.policy, [ids] * 8, seeds=list(range(8)))
+    advs = [1.0, -1.0] + [0.0] * 6
+    rows = [Row.turn(ids, t, lp, a, 0) for (t, lp), a in zip(outs, advs, strict=True)]
+    grads: list[dict[str, torch.Tensor]] = []
+    trainer.grad_hook = lambda m: grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert trainer.step(TrainBatch(rows=rows, trajectories=8, groups=1))["rows_trained"] == 8
+    reference = Trainer(TINY, optim)
+    reference.model.zero_grad()
+    reference._part_loss(rows, None)[2].backward()
+    for name, p in reference.model.named_parameters():
+        assert torch.allclose(grads[0][name], p.grad, atol=1e-7), name
+    sampled = Trainer(TINY, OptimConfig(entropy_coef=0.1, entropy_sample=0.25))
+    counts = [sampled.step(TrainBatch(rows=rows, trajectories=8, groups=1))["rows_trained"]]
+    counts += [sampled.step(TrainBatch(rows=rows, trajectories=8, groups=1))["rows_trained"]]
+    assert all(2 <= c < 8 for c in counts)
+    with pytest.raises(ValueError):
+        OptimConfig(entropy_sample=0.0)

@@ -1,7 +1,8 @@
 """The learning curve of a run: `metrics.jsonl` (+ `baselines.json`) -> `learning_curve.png`.
 
-Five panels against training minutes: mean reward, diagnosis accuracy, exam F1, turns per episode
-and staleness (learner version minus the version that generated each turn). Raw per-step values
+Six panels against training minutes: mean reward, diagnosis accuracy, exam F1, turns per episode,
+distinct diagnoses per batch (a policy collapsing onto a few answers shows here first) and
+staleness (learner version minus the version that generated each turn). Raw per-step values
 are drawn faint with a moving average on top; the scripted baselines of the same run (random and
 naive-Bayes clinician) are horizontal lines. `python -m trainers.curves RUN_DIR` redraws it.
 """
@@ -20,6 +21,7 @@ PANELS = (
     ("accuracy", "diagnosis accuracy"),
     ("exam_f1", "exam F1"),
     ("turns", "turns per episode"),
+    ("distinct_diagnoses", "distinct diagnoses\nper batch"),
     ("staleness_mean", "staleness (versions)"),
 )
 BASELINE_STYLE = {"random": ("tab:gray", ":"), "heuristic": ("tab:green", "--")}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,8 +41,17 @@ class OptimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # keeps the policy from collapsing onto the few diagnoses that a rare success pushes up for
     # every patient (Adam turns a one-success batch into a full-size step).
     entropy_coef: float = 0.0
+    # Rows without advantage matter only to the entropy term: it is estimated on this share of
+    # them (each weighted 1 / share, so the estimate is unbiased) plus every row with advantage.
+    entropy_sample: float = 0.25
     minibatches: int = 1
     norm: str = "token"  # or "sequence"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.entropy_sample <= 1.0:
+            raise ValueError("OptimConfig.entropy_sample must be in (0, 1]")
+        if self.minibatches < 1 or self.norm not in ("token", "sequence"):
+            raise ValueError("OptimConfig: minibatches >= 1, norm 'token' or 'sequence'")
 
 
 class Trainer:
@@ -103,10 +113,12 @@ class Trainer:
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimiser step over the batch (in `minibatches` updates); returns its metrics.
 
-        A row with advantage 0 adds nothing to the clipped surrogate, so without a KL or entropy
-        term its forward pass is skipped; the loss keeps the whole batch's token count (or row
-        count, `norm="sequence"`) as its denominator, so the gradient is the full batch's. Early
-        in training most groups have no success, and this is most of the learner's time saved.
+        A row with advantage 0 adds nothing to the clipped surrogate, so without a KL term its
+        forward pass is skipped (with an entropy bonus, all but a random `entropy_sample` share of
+        them, weighted up); the loss keeps the whole batch's token count (or row count,
+        `norm="sequence"`) as its denominator, so the gradient is the full batch's (its expectation,
+        with the sampled entropy). Early in training most groups have no success, and this is most
+        of the learner's time saved.
         """
         import torch
 
@@ -114,8 +126,15 @@ class Trainer:
         t0 = time.perf_counter()
         rows = batch.rows
         metrics: dict[str, float] = {"rows": float(len(rows))}
-        no_regulariser = self.reference is None and not cfg.entropy_coef
-        kept = [r for r in rows if r.advantage != 0.0] if no_regulariser else list(rows)
+        skipping = self.reference is None  # with a KL term every row counts
+        kept, weights = list(rows), [1.0] * len(rows)
+        if skipping:
+            share = cfg.entropy_sample if cfg.entropy_coef else 0.0
+            rng = random.Random(self.steps)  # the same draw when a step is replayed
+            extra = [r for r in rows if r.advantage == 0.0 and share and rng.random() < share]
+            kept = [r for r in rows if r.advantage != 0.0]
+            weights = [1.0] * len(kept) + [1.0 / share if share else 0.0] * len(extra)
+            kept += extra
         metrics["rows_trained"] = float(len(kept))
         if not kept and self.grad_hook is None:
             # No relative signal in the whole batch (and no KL to pull toward the reference): the
@@ -129,12 +148,14 @@ class Trainer:
             return metrics
         n_parts = cfg.minibatches
         parts = [kept[i::n_parts] for i in range(n_parts)]
+        part_weights = [weights[i::n_parts] for i in range(n_parts)]
         if self.grad_hook is None:
+            part_weights = [w for p, w in zip(parts, part_weights, strict=True) if p]
             parts = [p for p in parts if p]
         # the denominator each part would have had with every row in it
         unit = "token" if cfg.norm == "token" else "row"
         full = sum(r.tokens for r in rows) if unit == "token" else len(rows)
-        share = max(full / n_parts, 1e-9)
+        per_part = max(full / n_parts, 1e-9)
         prox: list[Any] = []
         if len(parts) > 1:
             with torch.no_grad():
@@ -145,9 +166,11 @@ class Trainer:
         for k, part in enumerate(parts):
             self.optimizer.zero_grad(set_to_none=True)
             if part:
-                out, mean_entropy, loss = self._part_loss(part, prox[k] if prox else None)
+                out, mean_entropy, loss = self._part_loss(
+                    part, prox[k] if prox else None, part_weights[k]
+                )
                 size = sum(r.tokens for r in part) if unit == "token" else len(part)
-                loss = loss * (size / share) if no_regulariser else loss
+                loss = loss * (size / per_part) if skipping else loss
                 loss.backward()
                 totals["loss"] += float(loss.detach()) / len(parts)
                 totals["entropy"] += float(mean_entropy.detach()) / len(parts)
@@ -170,8 +193,12 @@ class Trainer:
         metrics["step_s"] = time.perf_counter() - t0
         return metrics
 
-    def _part_loss(self, part: list[Row], prox: Any) -> tuple[Any, Any, Any]:
-        """The GRPO loss of one minibatch (its own normalisation), with the entropy bonus."""
+    def _part_loss(
+        self, part: list[Row], prox: Any, weights: list[float] | None = None
+    ) -> tuple[Any, Any, Any]:
+        """The GRPO loss of one minibatch (its own normalisation), with the entropy bonus (each
+        row's entropy weighted by `weights`, for rows sampled among the ones without advantage);
+        also returns the plain mean entropy of its tokens."""
         import torch
 
         from trainers.grpo import grpo_loss
@@ -197,9 +224,13 @@ class Trainer:
             behav_cap=cfg.behav_cap,
             norm=cfg.norm,  # type: ignore[arg-type]
         )
-        mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
-        loss = out.loss - cfg.entropy_coef * mean_entropy if cfg.entropy_coef else out.loss
-        return out, mean_entropy, loss
+        tokens = mask.sum().clamp(min=1)
+        mean_entropy = (entropy * mask).sum() / tokens
+        if not cfg.entropy_coef:
+            return out, mean_entropy, out.loss
+        w = torch.tensor(weights or [1.0] * len(part), dtype=entropy.dtype)[:, None]
+        bonus = (entropy * mask * w).sum() / tokens
+        return out, mean_entropy, out.loss - cfg.entropy_coef * bonus
 
     # --- weights and checkpoints ----------------------------------------------------------
 
