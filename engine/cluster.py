@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -39,7 +41,7 @@ from engine.routing import RouterConfig
 from engine.scheduler import Scheduler
 from engine.security import SecurityError, check_bind, write_keys
 from engine.spec import ClusterSpec, Hosted, load_spec, worker_plan
-from engine.supervisor import Supervisor, worker_argv
+from engine.supervisor import Supervisor, WorkerProcess, worker_argv
 from engine.worker import resolve, serve
 from protocols import (
     BrokerStats,
@@ -102,14 +104,20 @@ class Head:
     down: trio.Event | None = None
     admission: Admission | None = None
     learner_version: int = -1  # -1: no learner has announced a version yet
+    learner_endpoint: str = ""  # the announcing learner's weight server: changes on a restart
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=256))
 
     def new_version(self, msg: WeightsAvailable) -> None:
+        restarted = msg.endpoint != self.learner_endpoint  # a new learner process (its server)
         if self.admission is not None:
-            if self.learner_version < 0:  # the learner's first word: where it (re)starts
+            if restarted and self.broker is not None:
+                # where it (re)starts: its checkpoint's version, and what the broker still holds
+                self.admission.rebase(msg.version, self.broker.core.pending)
+            elif restarted:
                 self.admission.resume_at(msg.version)
             self.admission.set_version(msg.version)
-        self.learner_version = max(self.learner_version, msg.version)
+        self.learner_version = msg.version if restarted else max(self.learner_version, msg.version)
+        self.learner_endpoint = msg.endpoint
         self.hub.broadcast_weights(msg)
         log.info("weights version", version=msg.version, endpoint=msg.endpoint)
 
@@ -203,10 +211,14 @@ def latest_run_dir(base: str) -> Path:
     return run
 
 
-def learner_argv(python_exe: str, hub: str, spec: ClusterSpec, run_dir: Path) -> list[str]:
-    """The learner's command line; it resumes by itself from a checkpoint in `run_dir`."""
+def learner_argv(
+    python_exe: str, hub: str, spec: ClusterSpec, run_dir: Path, rank: int = 0, dist: str = ""
+) -> list[str]:
+    """Learner rank `rank`'s command line (ranks join at `dist`, HOST:PORT, when the spec has
+    several); it resumes by itself from a checkpoint in `run_dir`."""
     learner = spec.learner
     assert learner is not None
+    log_file = "learner.jsonl" if rank == 0 else f"learner-{rank}.jsonl"
     argv = [
         python_exe,
         "-m",
@@ -222,11 +234,61 @@ def learner_argv(python_exe: str, hub: str, spec: ClusterSpec, run_dir: Path) ->
         "--spec",
         str(run_dir / "spec.json"),
         "--log-file",
-        str(run_dir / "learner.jsonl"),
+        str(run_dir / log_file),
     ]
+    if learner.learners > 1:
+        argv += ["--rank", str(rank), "--world", str(learner.learners), "--dist", dist]
     if spec.head.curve is not None:
         argv += ["--curve-dir", spec.head.curve.dir]
     return argv
+
+
+def rendezvous_address(address: str) -> str:
+    """`HOST:PORT` for the learner ranks; port 0 becomes a port that is free now (the ranks bind
+    it moments later, and again after a restart)."""
+    host, _, port = address.rpartition(":")
+    if int(port):
+        return address
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return f"{host}:{s.getsockname()[1]}"
+
+
+def start_learners(
+    supervisor: Supervisor, python_exe: str, hub: str, spec: ClusterSpec, run_dir: Path
+) -> list[WorkerProcess]:
+    """The learner's ranks as supervised processes (`learner`, `learner-1`, ...).
+
+    A rank that dies is restarted like any worker; the other ranks' next collective then fails,
+    so they exit non-zero and are restarted too, and every rank resumes from the last checkpoint.
+    """
+    assert spec.learner is not None
+    dist = rendezvous_address(spec.learner.rendezvous) if spec.learner.learners > 1 else ""
+    return [
+        supervisor.add(
+            "learner" if rank == 0 else f"learner-{rank}",
+            learner_argv(python_exe, hub, spec, run_dir, rank, dist),
+        )
+        for rank in range(spec.learner.learners)
+    ]
+
+
+async def stop_learners(
+    supervisor: Supervisor, learners: list[WorkerProcess], grace_s: float = 30.0
+) -> None:
+    """SIGTERM the learner's ranks and wait for them while the hub and broker still serve: a
+    rank finishes its step, acks its leases, and rank 0 writes the checkpoint. Only then do the
+    workers (the broker among them) get their `Shutdown`."""
+    supervisor.stopping = True  # a rank that exits from now on is not restarted
+    live = [w.process for w in learners if w.process is not None and w.process.returncode is None]
+    for p in live:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    with trio.move_on_after(grace_s):
+        for p in live:
+            await p.wait()
 
 
 class Progress:
@@ -287,6 +349,7 @@ async def run_cluster(
     supervisor = Supervisor(run_dir / "workers")
     curve = spec.head.curve
     summary: dict[str, Any] = {}
+    learners: list[WorkerProcess] = []
     async with trio.open_nursery() as nursery:
         endpoints = await nursery.start(hub.run)
         tcp = endpoints[0]
@@ -353,13 +416,14 @@ async def run_cluster(
             if head.admission is not None:
                 head.admission.add_accepted(head.broker.core.pending)  # replayed on --resume
             if spec.learner is not None:
-                supervisor.add("learner", learner_argv(python, tcp, spec, run_dir))
+                learners = start_learners(supervisor, python, tcp, spec, run_dir)
             log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
             sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
             summary = await drive(head, scheduler)
         finally:
             (run_dir / "head.json").unlink(missing_ok=True)  # `status` now says: not running
             with trio.CancelScope(shield=True):
+                await stop_learners(supervisor, learners)
                 hub.shutdown_workers("cluster down")
                 await supervisor.stop()
                 nursery.cancel_scope.cancel()

@@ -53,14 +53,37 @@ class SchedulerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class LearnerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A learner process: `python -m MODULE --hub EP --run-dir DIR --groups-per-step N
-    --config JSON --spec SPEC.json`. With a learner the scheduler admits episodes by AReaL's
-    staleness rule with `batch = groups_per_step * scheduler.group_size`."""
+    """The learner: `learners` processes `python -m MODULE --hub EP --run-dir DIR
+    --groups-per-step N --config JSON --spec SPEC.json [--rank R --world W --dist HOST:PORT]`.
+    With a learner the scheduler admits episodes by AReaL's staleness rule with
+    `batch = groups_per_step * scheduler.group_size` (global, whatever the number of ranks).
+
+    `learners = W > 1` trains one policy data-parallel: each rank leases `groups_per_step / W`
+    groups per step and the ranks average their gradients (torch.distributed, gloo) after a TCP
+    rendezvous that rank 0 binds at `rendezvous` (port 0: the head picks a free one). That
+    traffic is neither encrypted nor authenticated: keep it on loopback or a trusted network."""
 
     module: str = "trainers.learner"
-    groups_per_step: int = 8  # GRPO groups per training step
+    groups_per_step: int = 8  # GRPO groups per training step, all ranks together
     max_staleness: int = 1  # 0: synchronous RL
+    learners: int = 1  # data-parallel learner processes (ranks) training one policy
+    rendezvous: str = "127.0.0.1:0"  # HOST:PORT of rank 0's torch.distributed rendezvous
     config: dict[str, Any] = {}  # the learner's own config, checked by the learner
+
+    def __post_init__(self) -> None:
+        if self.learners < 1:
+            raise ValueError(f"learner.learners must be at least 1, got {self.learners}")
+        if self.groups_per_step % self.learners:
+            raise ValueError(
+                f"learner.groups_per_step = {self.groups_per_step} is not divisible by "
+                f"learner.learners = {self.learners}: every rank leases the same number of "
+                "groups per step"
+            )
+        host, sep, port = self.rendezvous.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"learner.rendezvous {self.rendezvous!r} is not HOST:PORT (port 0: any free one)"
+            )
 
 
 class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

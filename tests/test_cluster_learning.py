@@ -1,6 +1,7 @@
 """The embedded default's learning loop as real processes over tcp loopback: `up` trains the hf
-agent for a few GRPO steps and stops cleanly, `up --resume` continues from the checkpoint, and a
-learner killed with SIGKILL mid-run is restarted by the supervisor and resumes."""
+agent for a few GRPO steps and stops cleanly, `up --resume` continues from the checkpoint, a
+learner killed with SIGKILL mid-run is restarted by the supervisor and resumes, and `down` stops
+two data-parallel learner ranks with a checkpoint of every step they recorded."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from protocols import unpack_floats, unpack_ids
-from tests.test_cluster import finish, no_strays, up
+from tests.test_cluster import ROOT, finish, no_strays, up
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.timeout(600)
@@ -118,3 +119,34 @@ def test_the_multinode_training_spec_is_valid() -> None:
     assert spec.learner is not None
     config = msgspec.convert(spec.learner.config, LearnerConfig)
     assert config.policy.hidden == 256 and spec.services["agent"].workers == 4
+    assert spec.learner.learners == 2 and spec.learner.groups_per_step % 2 == 0
+
+
+def test_down_stops_two_learner_ranks_with_a_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    default = (ROOT / "engine" / "default.toml").read_text()
+    spec = tmp_path / "two-learners.toml"
+    spec.write_text(default.replace("groups_per_step = 8", "groups_per_step = 8\nlearners = 2"))
+    runs = tmp_path / "runs"
+    proc = up(str(spec), "--run-dir", str(runs), "--steps", "1000")
+    run = None
+    while run is None or len(metrics(run)) < 3:
+        assert proc.poll() is None, proc.communicate()
+        if (runs / "latest").exists():
+            run = (runs / "latest").resolve()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)  # paces the loop
+    down = [sys.executable, "-m", "engine.cluster", "down", "--run-dir", str(runs)]
+    subprocess.run(down, cwd=ROOT, check=True, capture_output=True, timeout=60)
+    finish(proc, timeout=300)
+    lines = metrics(run)
+    assert [m["step"] for m in lines] == list(range(1, len(lines) + 1))
+    assert all(m["trajectories"] == 64 for m in lines)  # the global batch, from rank 0 only
+    saved = torch.load(run / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+    assert saved["steps"] == lines[-1]["step"]
+    for log_file in ("learner.jsonl", "learner-1.jsonl"):
+        records = [json.loads(x) for x in (run / log_file).read_text().splitlines()]
+        (end,) = [r for r in records if r["event"] == "training finished"]
+        assert end["stopped_by_signal"] and end["steps"] == lines[-1]["step"]
+    assert "worker process died" not in (run / "head.jsonl").read_text()
+    no_strays(os.getpid())

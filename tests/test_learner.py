@@ -1,11 +1,17 @@
 """The learner loop against a real hub and broker: it leases groups, steps, acks, publishes each
 version on its weight server and announces it to the head, records metrics, checkpoints, and a
-second learner in the same run directory resumes where the first stopped."""
+second learner in the same run directory resumes where the first stopped. (Helpers here are
+shared by the learner process tests: signals, data-parallel ranks.)"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -36,6 +42,8 @@ from protocols import (  # noqa: E402
 )
 from tests.fakes import verdict  # noqa: E402
 from trainers.learner import LearnerConfig, learn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = PolicyConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=600)
 
@@ -97,9 +105,11 @@ def trajectories(n_groups: int, size: int = 4) -> list[Trajectory]:
     return out
 
 
-async def run_learner(run_dir: Path, steps: int, published: list[Trajectory]) -> tuple:
+@asynccontextmanager
+async def hub_with_broker(published: list[Trajectory]) -> AsyncIterator[tuple[str, Any, FakeHead]]:
+    """A real hub on tcp loopback with the head's side and a broker holding `published`; yields
+    (endpoint, a local client, the fake head)."""
     ctx = zmq.Context()
-    config = LearnerConfig(policy=TINY, steps=steps, checkpoint_every=1, poll_s=0.2)
     head, broker = FakeHead(), Broker()
     async with trio.open_nursery() as nursery:
         hub = Hub(["tcp://127.0.0.1:*"], ctx=ctx, config=RouterConfig(heartbeat_s=0.5))
@@ -109,9 +119,58 @@ async def run_learner(run_dir: Path, steps: int, published: list[Trajectory]) ->
         client = local_client(hub, nursery, "test")
         for t in published:
             await client.request("broker", Publish(t))
+        yield ep, client, head
+        nursery.cancel_scope.cancel()
+
+
+async def start_learner(
+    hub: str, run_dir: Path, groups_per_step: int, config: LearnerConfig, *extra: str
+) -> trio.Process:
+    """`python -m trainers.learner` as a real process; its output goes to `run_dir`."""
+    import msgspec
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank = extra[extra.index("--rank") + 1] if "--rank" in extra else "0"
+    name = "learner" if rank == "0" else f"learner-{rank}"  # as the cluster names them
+    argv = [
+        sys.executable,
+        "-m",
+        "trainers.learner",
+        "--hub",
+        hub,
+        "--run-dir",
+        str(run_dir),
+        "--groups-per-step",
+        str(groups_per_step),
+        "--config",
+        msgspec.json.encode(config).decode(),
+        "--log-file",
+        str(run_dir / f"{name}.jsonl"),
+        *extra,
+    ]
+    with (run_dir / f"{name}.stderr").open("ab") as out:
+        return await trio.lowlevel.open_process(
+            argv, cwd=ROOT, stdout=out, stderr=out, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+
+
+def checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "checkpoints" / "latest.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+async def run_learner(run_dir: Path, steps: int, published: list[Trajectory]) -> tuple:
+    config = LearnerConfig(policy=TINY, steps=steps, checkpoint_every=1, poll_s=0.2)
+    async with hub_with_broker(published) as (ep, client, head):
         learner = await learn(ep, config, groups_per_step=2, run_dir=run_dir)
         stats = await client.request("broker", BrokerStatsQuery())
-        nursery.cancel_scope.cancel()
     return head, stats, learner
 
 

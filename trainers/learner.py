@@ -1,31 +1,46 @@
 """The CPU GRPO learner process: pull groups, step, publish weights, repeat.
 
-`python -m trainers.learner --hub ENDPOINT --run-dir DIR --groups-per-step N [--config JSON]`
-(the cluster starts it when the spec has a `[learner]` table). The loop:
+`python -m trainers.learner --hub ENDPOINT --run-dir DIR --groups-per-step N [--config JSON]
+[--rank R --world W --dist HOST:PORT]` (the cluster starts it when the spec has a `[learner]`
+table; `learner.learners = W` starts W ranks). The loop:
 
-1. lease `groups_per_step` complete GRPO groups from the broker (a long poll: no spinning);
-2. build rows (one per generated turn, `trainers.batch`) and take one GRPO step in a worker
-   thread, so the process keeps answering weight requests while torch computes;
-3. ack the leases, publish the new version on the weight server (manifest + chunks, checksums) and
-   tell the head (`WeightsAvailable`), which moves the staleness admission forward and forwards
-   the notice to every agent worker, which fetch the version and swap it in whole;
-4. append a line to `metrics.jsonl`; every `checkpoint_every` steps write
-   `checkpoints/latest.pt` (atomically) and redraw `learning_curve.png`.
+1. lease this rank's share of `groups_per_step` complete GRPO groups from the broker (a long poll:
+   no spinning);
+2. agree with the other ranks on whether to go on (rank 0 decides the budget; any rank that got
+   SIGTERM or SIGINT stops them all), build rows (one per generated turn, `trainers.batch`) and
+   take one GRPO step in a worker thread, so the process keeps answering weight requests while
+   torch computes; with several ranks the gradients are averaged (`trainers.distributed`);
+3. ack the leases; rank 0 publishes the new version on the weight server (manifest + chunks,
+   checksums) and tells the head (`WeightsAvailable`), which moves the staleness admission
+   forward and forwards the notice to every agent worker, which fetch the version and swap it in;
+4. rank 0 appends a line for the global batch to `metrics.jsonl`; every `checkpoint_every` steps
+   it writes `checkpoints/latest.pt` (atomically) and redraws `learning_curve.png`.
+
+SIGTERM or SIGINT (`engine.cluster down`, the supervisor at shutdown) ends the learner cleanly: a
+pull in flight is abandoned (its leases, never acked, come back to the broker when they expire), a
+step in flight is finished and recorded, then rank 0 writes the checkpoint and every rank exits 0.
 
 Started in a run directory that holds a checkpoint, it resumes from it (version, optimiser, RNG
-and elapsed time), so a crashed learner restarted by the supervisor and `engine.cluster up
---resume` continue where the last checkpoint left off. Groups acked after that checkpoint were
-trained on by the lost weights and are not replayed (at-most-once after ack, the broker's rule).
+and elapsed time; rank 0 reads it and sends it to the other ranks), so a crashed learner restarted
+by the supervisor and `engine.cluster up --resume` continue where the last checkpoint left off.
+Groups acked after that checkpoint were trained on by the lost weights and are not replayed
+(at-most-once after ack, the broker's rule). When one rank of several dies, the others' next
+collective fails and they exit non-zero too; the supervisor restarts every rank, and they all
+resume from the last checkpoint.
 
-At start it also evaluates the scripted baselines (random and the naive-Bayes clinician) in process
-on the spec's cases, rules and Patient / Examiner / Judge, for the learning-curve plot.
+At start rank 0 also evaluates the scripted baselines (random and the naive-Bayes clinician) in
+process on the spec's cases, rules and Patient / Examiner / Judge, for the learning-curve plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +50,13 @@ import structlog
 import trio
 
 from actors.lm import PolicyConfig
-from engine.client import HubClient, connect
+from engine.client import HubClient, HubUnreachable, RemoteError, RequestTimeout, connect
 from engine.logs import configure_logging
 from engine.security import CurveKeys
 from engine.weights import WeightServer, pack
 from protocols import Ack, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
-from trainers.batch import build_batch
+from trainers.batch import TrainBatch, build_batch
+from trainers.distributed import Group, Solo, parse_address
 from trainers.trainer import OptimConfig, Trainer
 
 log = structlog.get_logger("trainers.learner")
@@ -65,6 +81,9 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # GRPO's division by the group std; False is Dr. GRPO (only centred). In the embedded
     # default's runs the scaled version learned faster.
     scale_advantages: bool = True
+    # Divide by max(group std, this): with partial credit in the reward (the judge's
+    # `icd10_chapter_partial`), a group whose samples differ only by it keeps small advantages.
+    advantage_std_floor: float = 0.0
     baselines: dict[str, str] = msgspec.field(
         default_factory=lambda: {
             "random": "actors.agent:RandomAgent",
@@ -73,15 +92,30 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     baseline_cases: int = 300
     stop_cluster: bool = True  # ask the head to shut the cluster down when training ends
+    # Data-parallel ranks wait for each other in collectives; one rank may wait out a long pull
+    # (a restarted learner waits up to `lease_s` for its groups), so this exceeds `lease_s`.
+    dist_timeout_s: float = 300.0
 
 
 class Learner:
     def __init__(
-        self, config: LearnerConfig, groups_per_step: int, run_dir: Path, trainer: Trainer
+        self,
+        config: LearnerConfig,
+        groups_per_step: int,
+        run_dir: Path,
+        trainer: Trainer,
+        group: Group | Solo | None = None,
     ) -> None:
         self.config = config
+        self.group = group or Solo()
+        if groups_per_step % self.group.world:
+            raise ValueError(
+                f"groups_per_step {groups_per_step} is not divisible by {self.group.world} ranks"
+            )
         self.groups_per_step = groups_per_step
+        self.share = groups_per_step // self.group.world  # this rank's groups per step
         self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.trainer = trainer
         self.checkpoint = run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -89,34 +123,60 @@ class Learner:
         self.t0 = time.monotonic()
         self.episodes = 0
         self.endpoint = ""
+        self.stop_requested = False  # a signal asked this process to stop
+        self._pulling: trio.CancelScope | None = None
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one that serves weights, records metrics and writes checkpoints."""
+        return self.group.rank == 0
 
     @property
     def elapsed_s(self) -> float:
         return self.elapsed0 + time.monotonic() - self.t0
 
     def resume(self) -> bool:
-        if not self.checkpoint.exists():
+        """Rank 0 reads the checkpoint and every rank loads the same bytes (the ranks need not
+        share a file system); then every rank holds rank 0's weights."""
+        blob = self.checkpoint.read_bytes() if self.lead and self.checkpoint.exists() else None
+        blob = self.group.broadcast(blob)
+        extra: dict[str, Any] | None = None
+        if blob is not None:
+            if self.lead:
+                extra = self.trainer.load(self.checkpoint)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "latest.pt"
+                    path.write_bytes(blob)
+                    extra = self.trainer.load(path)
+        self.group.broadcast_parameters(self.trainer.model)
+        if extra is None:
             return False
-        extra = self.trainer.load(self.checkpoint)
         self.elapsed0 = float(extra.get("elapsed_s", 0.0))
         self.episodes = int(extra.get("episodes", 0))
         log.info("resumed", version=self.trainer.version, elapsed_s=self.elapsed0)
         return True
 
     def done(self) -> bool:
+        """The step or time budget is spent (the time only counts on rank 0, which decides)."""
         c = self.config
         return bool(
             (c.steps and self.trainer.steps >= c.steps)
-            or (c.minutes and self.elapsed_s >= c.minutes * 60)
+            or (self.lead and c.minutes and self.elapsed_s >= c.minutes * 60)
         )
 
-    async def pull(self, hub: HubClient) -> tuple[list[list[Trajectory]], list[str]]:
-        """Lease groups until there are `groups_per_step` (or training time is up)."""
-        groups: list[list[Trajectory]] = []
-        leases: list[str] = []
+    def request_stop(self, why: str) -> None:
+        """Stop at the next step boundary; a pull in flight is abandoned now."""
+        log.info("stop requested", why=why, step=self.trainer.steps)
+        self.stop_requested = True
+        if self._pulling is not None:
+            self._pulling.cancel()
+
+    async def pull(self, hub: HubClient, groups: list[list[Trajectory]], leases: list[str]) -> None:
+        """Lease groups into `groups` until there are `share` (or training is to stop)."""
         c = self.config
-        while len(groups) < self.groups_per_step and not self.done():
-            want = self.groups_per_step - len(groups)
+        while len(groups) < self.share and not (self.stop_requested or self.done()):
+            want = self.share - len(groups)
             reply = await hub.request(
                 "broker",
                 Pull(max_groups=want, lease_s=c.lease_s, wait_s=c.poll_s),
@@ -127,7 +187,17 @@ class Learner:
             if reply.groups:
                 groups += reply.groups
                 leases.append(reply.lease)
-        return groups, leases
+
+    async def ack(self, hub: HubClient, lease: str) -> None:
+        """Ack a trained lease. While stopping, a broker that does not answer soon must not
+        cost the checkpoint: the groups come back when the lease expires (trained twice)."""
+        if not self.stop_requested:
+            await hub.request("broker", Ack(lease), timeout=30.0)
+            return
+        try:
+            await hub.request("broker", Ack(lease), timeout=5.0)
+        except (RequestTimeout, HubUnreachable, RemoteError) as exc:
+            log.warning("ack failed while stopping", lease=lease, error=str(exc))
 
     async def announce(self, hub: HubClient, server: WeightServer) -> None:
         version = self.trainer.version
@@ -153,20 +223,39 @@ class Learner:
         except ImportError as exc:  # matplotlib is in the train extra; the run goes on without
             log.warning("no plot", error=str(exc))
 
-    async def train(self, hub: HubClient, server: WeightServer) -> None:
-        await self.announce(hub, server)
-        c = self.config
-        while not self.done():
-            groups, leases = await self.pull(hub)
-            if not groups:
-                break
-            batch = build_batch(groups, aborted_reward=c.aborted_reward, scale=c.scale_advantages)
-            stats = batch.stats(self.trainer.version)
-            step = await trio.to_thread.run_sync(self.trainer.step, batch)
-            for lease in leases:
-                await hub.request("broker", Ack(lease), timeout=30.0)
-            self.episodes += batch.trajectories
+    async def train(self, hub: HubClient, server: WeightServer | None) -> None:
+        if server is not None:
             await self.announce(hub, server)
+        c = self.config
+        while True:
+            groups: list[list[Trajectory]] = []
+            leases: list[str] = []
+            with trio.CancelScope() as self._pulling:
+                await self.pull(hub, groups, leases)
+            self._pulling = None
+            # Every rank takes part, so none is left alone in the step's all-reduce; a rank
+            # that stops here leaves its leases unacked, and the broker hands them out again.
+            if await trio.to_thread.run_sync(self.group.any, self.stop_requested or self.done()):
+                break
+            batch = build_batch(
+                groups,
+                aborted_reward=c.aborted_reward,
+                scale=c.scale_advantages,
+                std_floor=c.advantage_std_floor,
+            )
+            version = self.trainer.version
+            step = await trio.to_thread.run_sync(self.trainer.step, batch)
+            parts = await trio.to_thread.run_sync(
+                self.group.gather, (dataclasses.replace(batch, rows=[]), len(batch.rows), step)
+            )
+            for lease in leases:
+                await self.ack(hub, lease)
+            stats, step = merge_stats(parts, version)
+            self.episodes += int(stats["trajectories"])
+            if not self.lead:
+                continue
+            if server is not None and not self.stop_requested:
+                await self.announce(hub, server)
             line = {
                 "step": self.trainer.steps,
                 "version": self.trainer.version,
@@ -177,15 +266,59 @@ class Learner:
             }
             self.record(line)
             log.info("step", **line)
-            if self.trainer.steps % c.checkpoint_every == 0:
+            if self.trainer.steps % c.checkpoint_every == 0 and not self.stop_requested:
                 await self.persist()
-        await self.persist()
+        if self.lead:
+            await self.persist()
 
     async def persist(self) -> None:
         """Checkpoint and redraw the curve off the trio thread: the weight server and the hub
         heartbeat keep running meanwhile."""
         await trio.to_thread.run_sync(self.save)
         await trio.to_thread.run_sync(self.plot)
+
+    def weights_digest(self) -> str:
+        """sha256 of the weights: equal on every rank of a data-parallel learner."""
+        h = hashlib.sha256()
+        for name, dtype, shape, data in self.trainer.weight_tensors():
+            h.update(f"{name}:{dtype}:{shape}".encode())
+            h.update(data)
+        return h.hexdigest()
+
+
+_SUMMED = ("rows", "rows_trained", "tokens")
+
+
+def merge_stats(
+    parts: list[tuple[TrainBatch, int, dict[str, float]]], version: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The global batch's statistics and step metrics from every rank's share: episode means
+    over all trajectories, counts summed, the ranks' losses averaged (the gradient was)."""
+    whole = TrainBatch(rows=[], trajectories=0, groups=0)
+    for batch, _, _ in parts:
+        whole.trajectories += batch.trajectories
+        whole.groups += batch.groups
+        whole.rewards += batch.rewards
+        whole.correct += batch.correct
+        whole.exam_f1 += batch.exam_f1
+        whole.turns += batch.turns
+        whole.versions += batch.versions
+        whole.diagnoses |= batch.diagnoses
+        whole.aborted += batch.aborted
+        whole.skipped_turns += batch.skipped_turns
+    stats = whole.stats(version)
+    stats["rows"] = float(sum(rows for _, rows, _ in parts))
+    steps = [s for _, _, s in parts]
+    step: dict[str, float] = {}
+    for key in steps[0]:
+        values = [s.get(key, 0.0) for s in steps]
+        if key in _SUMMED:
+            step[key] = sum(values)
+        elif key == "step_s":
+            step[key] = max(values)
+        else:
+            step[key] = sum(values) / len(values)
+    return stats, step
 
 
 async def evaluate_baselines(config: LearnerConfig, spec_path: Path, out: Path) -> None:
@@ -207,56 +340,152 @@ async def learn(
     *,
     spec_path: Path | None = None,
     curve: CurveKeys | None = None,
+    rank: int = 0,
+    world: int = 1,
+    dist: str = "",
+    handle_signals: bool = True,
 ) -> Learner:
-    """Run the learner until its step or time budget is spent; returns it (for tests)."""
-    trainer = await trio.to_thread.run_sync(
-        lambda: Trainer(
-            config.policy, config.optim, threads=config.threads, temperature=config.temperature
-        )
-    )
-    learner = Learner(config, groups_per_step, run_dir, trainer)
-    learner.resume()
-    learner.t0 = time.monotonic()
-    server = WeightServer(config.weights_bind, curve=curve)
+    """Run the learner (one rank of `world`, joined at the rendezvous `dist`) until its step or
+    time budget is spent or a signal stops it; returns it (for tests). `handle_signals` needs
+    the main thread."""
     async with trio.open_nursery() as nursery:
-        learner.endpoint = await nursery.start(server.run)
-        async with connect(hub_endpoint, name=f"learner-{run_dir.name}", curve=curve) as hub:
-            if spec_path is not None:
-                nursery.start_soon(
-                    evaluate_baselines, config, spec_path, run_dir / "baselines.json"
+        learner_box: list[Learner] = []
+        pending: list[str] = []  # signals that came before the learner existed
+        if handle_signals:
+            await nursery.start(learner_watch, learner_box, pending)
+        group: Group | Solo = Solo()
+        if world > 1:
+            group = await trio.to_thread.run_sync(
+                lambda: Group(rank, world, dist, timeout_s=config.dist_timeout_s)
+            )
+        try:
+            trainer = await trio.to_thread.run_sync(
+                lambda: Trainer(
+                    config.policy,
+                    config.optim,
+                    threads=config.threads,
+                    temperature=config.temperature,
+                    grad_hook=group.grad_hook,
                 )
-            await learner.train(hub, server)
-            log.info("training finished", steps=trainer.steps, version=trainer.version)
-            if config.stop_cluster:
-                await hub.request("head", Shutdown("training finished"), timeout=30.0)
+            )
+            learner = Learner(config, groups_per_step, run_dir, trainer, group)
+            learner_box.append(learner)
+            for why in pending:
+                learner.request_stop(why)
+            await trio.to_thread.run_sync(learner.resume)
+            learner.t0 = time.monotonic()
+            await run_rank(learner, hub_endpoint, nursery, spec_path=spec_path, curve=curve)
+            log.info(
+                "training finished",
+                rank=group.rank,
+                steps=trainer.steps,
+                version=trainer.version,
+                stopped_by_signal=learner.stop_requested,
+                weights_sha256=learner.weights_digest(),
+            )
+        finally:
+            group.close()
         nursery.cancel_scope.cancel()
     return learner
+
+
+async def learner_watch(
+    box: list[Learner], pending: list[str], *, task_status: trio.TaskStatus[None]
+) -> None:
+    """SIGTERM and SIGINT ask the learner to stop at its next step boundary."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            why = signal.Signals(signum).name
+            if box:
+                box[0].request_stop(why)
+            else:
+                pending.append(why)
+
+
+async def run_rank(
+    learner: Learner,
+    hub_endpoint: str,
+    nursery: trio.Nursery,
+    *,
+    spec_path: Path | None,
+    curve: CurveKeys | None,
+) -> None:
+    config = learner.config
+    name = f"learner-{learner.run_dir.name}"
+    if not learner.lead:
+        name += f"-rank{learner.group.rank}"
+    async with connect(hub_endpoint, name=name, curve=curve) as hub:
+        if not learner.lead:
+            await learner.train(hub, None)
+            return
+        server = WeightServer(config.weights_bind, curve=curve)
+        async with trio.open_nursery() as serving:
+            learner.endpoint = await serving.start(server.run)
+            if spec_path is not None:
+                nursery.start_soon(
+                    evaluate_baselines, config, spec_path, learner.run_dir / "baselines.json"
+                )
+            await learner.train(hub, server)
+            if config.stop_cluster and not learner.stop_requested:
+                await hub.request("head", Shutdown("training finished"), timeout=30.0)
+            serving.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.learner", description=__doc__)
     parser.add_argument("--hub", required=True)
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--groups-per-step", type=int, required=True)
+    parser.add_argument(
+        "--groups-per-step", type=int, required=True, help="groups per step, all ranks together"
+    )
     parser.add_argument("--config", default="{}", help="LearnerConfig as JSON")
     parser.add_argument("--spec", default=None, help="the cluster spec as JSON (for baselines)")
     parser.add_argument("--curve-dir", default=None)
     parser.add_argument("--log-file", default=None)
+    parser.add_argument("--rank", type=int, default=0, help="this process's data-parallel rank")
+    parser.add_argument("--world", type=int, default=1, help="data-parallel ranks in all")
+    parser.add_argument("--dist", default="", help="HOST:PORT rank 0 binds for the rendezvous")
     args = parser.parse_args(argv)
     configure_logging(args.log_file, console_level="warning")
+    structlog.contextvars.bind_contextvars(rank=args.rank)
+
+    def fail(why: str) -> int:
+        sys.stderr.write(f"trainers.learner: {why}\n")
+        return 2
+
     try:
         config = msgspec.json.decode(args.config.encode(), type=LearnerConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        sys.stderr.write(f"trainers.learner: bad --config: {exc}\n")
-        return 2
+        return fail(f"bad --config: {exc}")
     if args.groups_per_step < 1:
-        sys.stderr.write("trainers.learner: --groups-per-step must be at least 1\n")
-        return 2
+        return fail("--groups-per-step must be at least 1")
+    if args.world < 1 or not 0 <= args.rank < args.world:
+        return fail(f"--rank {args.rank} --world {args.world}: need 0 <= rank < world")
+    if args.groups_per_step % args.world:
+        return fail(
+            f"--groups-per-step {args.groups_per_step} is not divisible by --world {args.world}"
+        )
+    if args.world > 1:
+        try:
+            parse_address(args.dist)
+        except ValueError as exc:
+            return fail(f"--dist: {exc}")
     curve = CurveKeys(args.curve_dir) if args.curve_dir else None
     spec = Path(args.spec) if args.spec else None
     run_dir = Path(args.run_dir)
     trio.run(
-        lambda: learn(args.hub, config, args.groups_per_step, run_dir, spec_path=spec, curve=curve)
+        lambda: learn(
+            args.hub,
+            config,
+            args.groups_per_step,
+            run_dir,
+            spec_path=spec,
+            curve=curve,
+            rank=args.rank,
+            world=args.world,
+            dist=args.dist,
+        )
     )
     return 0
 
