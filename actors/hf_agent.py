@@ -107,7 +107,11 @@ class HFAgent(Actor):
         self.batches = 0  # batches generated
         self.served = 0  # requests answered
         self._version = 0
-        self._staged: tuple[int, WeightManifest, dict[str, memoryview]] | None = None
+        # The weight server the served version came from. A notice from another one is a new
+        # learner process (restarted from its checkpoint), whose versions count again from there:
+        # it replaces the served weights even with a lower version.
+        self._source = ""
+        self._staged: tuple[int, WeightManifest, dict[str, memoryview], str] | None = None
         self._fetch = fetch or (lambda m: _fetch_from_server(m, cfg.fetch_timeout_s))
         self._send, self._receive = trio.open_memory_channel[_Pending](math.inf)
         self._model_lock = trio.Lock()  # held while the model is read (generation) or written
@@ -230,7 +234,8 @@ class HFAgent(Actor):
 
     async def on_weights(self, msg: WeightsAvailable) -> None:
         newest = max(self._version, self._staged[0] if self._staged else self._version)
-        if msg.version <= newest:
+        restarted = bool(self._source) and msg.endpoint != self._source
+        if msg.version <= newest and not restarted:
             log.debug("weights notice ignored", version=msg.version, newest=newest)
             return
         try:
@@ -245,8 +250,8 @@ class HFAgent(Actor):
             )
             return
         current = self._staged[0] if self._staged else self._version
-        if manifest.version > current:
-            self._staged = (manifest.version, manifest, named)
+        if manifest.version > current or restarted:
+            self._staged = (manifest.version, manifest, named, msg.endpoint)
             log.info("weights staged", version=manifest.version)
         # apply now if the model is free (else right after the batch being generated)
         await self._apply_staged()
@@ -255,9 +260,11 @@ class HFAgent(Actor):
         """Load the staged version, if any, between batches (under the model lock)."""
         async with self._model_lock:
             staged, self._staged = self._staged, None
-            if staged is None or self.policy is None or staged[0] <= self._version:
+            if staged is None or self.policy is None:
                 return
-            version, manifest, named = staged
+            version, manifest, named, source = staged
+            if version <= self._version and (source == self._source or not self._source):
+                return
             try:
                 await trio.to_thread.run_sync(load_tensors, self.policy.model, named, manifest)
             except ValueError as exc:
@@ -269,7 +276,8 @@ class HFAgent(Actor):
                 )
                 return
             self._version = version
-            log.info("weights applied", version=version)
+            self._source = source
+            log.info("weights applied", version=version, source=source)
 
     def weights(self) -> list[tuple[str, str, list[int], bytes]]:
         """The served weights as `engine.weights.pack` takes them (for tests and checkpoints)."""

@@ -131,6 +131,20 @@ class Admission:
             self.version = version
             self._lot.unpark_all()
 
+    def rebase(self, version: int, held: int) -> None:
+        """A learner (re)started at `version` while the broker holds `held` accepted trajectories
+        that no learner has consumed: from now on `accepted` is `version * batch + held`.
+
+        A learner restarted from a checkpoint older than its last announced version lost the steps
+        after it; the trajectories those steps consumed were acked and are gone, so counting them
+        would leave the rule short of capacity for good (the rollouts would starve). Rebasing on
+        what the broker actually holds keeps the rule exact whatever was lost."""
+        if version < 0 or held < 0:
+            raise ValueError("version and held must be >= 0")
+        self.version = version
+        self.accepted = version * self.batch + held
+        self._lot.unpark_all()
+
     def set_version(self, version: int) -> None:
         """The learner published `version`; older versions (late or reordered news) are ignored."""
         if version > self.version:

@@ -62,6 +62,24 @@ def test_the_rule_itself() -> None:
         Admission(batch=1).finished(accepted=True)
 
 
+def test_rebase_after_a_learner_lost_steps_keeps_the_rollouts_going() -> None:
+    """A learner announced version 12, died, and restarts from its checkpoint at version 10: the
+    20 trajectories its two lost steps consumed are gone. Counting versions alone would leave the
+    rule short of them forever; rebasing on what the broker holds restores the free capacity."""
+    a = Admission(batch=10, max_staleness=1)
+    a.set_version(12)
+    a.add_accepted(135)  # 120 consumed by the learner's 12 steps, 15 still in the broker
+    assert a.free == 5
+    a.resume_at(10)  # versions only go forward: the restart is invisible
+    assert a.free == 5 and a.version == 12
+    a.rebase(10, held=15)  # what the head does when a new learner announces its first version
+    assert (a.version, a.accepted, a.free) == (10, 115, 5)
+    a.set_version(11)
+    assert a.free == 15
+    with pytest.raises(ValueError):
+        a.rebase(-1, 0)
+
+
 def test_admit_blocks_until_set_version_without_polling() -> None:
     async def main() -> None:
         a = Admission(batch=2, max_staleness=0)

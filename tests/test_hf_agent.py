@@ -259,3 +259,29 @@ async def test_starts_from_a_checkpoint(tmp_path) -> None:
     path.write_bytes(path.read_bytes()[:-8])  # truncated: refused, loudly
     with pytest.raises(Exception, match="weights|bytes|truncated|data"):
         await HFAgent(msgspec.structs.replace(CONFIG, checkpoint=str(path))).start()
+
+
+async def test_a_restarted_learner_replaces_newer_weights_with_its_checkpoint() -> None:
+    """A learner restarted from an older checkpoint announces a lower version from a new weight
+    server: the agent swaps to it (the newer weights died with the old learner), and from then on
+    compares versions within the new server's line."""
+    server = FakeServer()
+    agent = HFAgent(CONFIG, fetch=server.fetch)
+    policies = [
+        state_tensors(build_policy(msgspec.structs.replace(TINY, seed=s)).model) for s in (1, 2, 3)
+    ]
+    server.versions[5] = packed(policies[0], 5)
+    server.versions[3] = packed(policies[1], 3)
+    server.versions[4] = packed(policies[2], 4)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, agent)
+        await agent.on_weights(WeightsAvailable(5, "tcp://old-learner"))
+        assert agent.policy_version == 5
+        await agent.on_weights(WeightsAvailable(3, "tcp://old-learner"))  # stale news: ignored
+        assert agent.policy_version == 5 and server.fetches == [5]
+        await agent.on_weights(WeightsAvailable(3, "tcp://new-learner"))  # the restart
+        assert agent.policy_version == 3
+        assert [raw for *_, raw in agent.weights()] == [raw for *_, raw in policies[1]]
+        await agent.on_weights(WeightsAvailable(4, "tcp://new-learner"))
+        assert agent.policy_version == 4
+        nursery.cancel_scope.cancel()
