@@ -55,6 +55,20 @@ def test_group_advantages_eps_and_unscaled() -> None:
         group_advantages(torch.zeros(3), torch.zeros(2))
 
 
+def test_a_std_floor_keeps_small_reward_differences_small() -> None:
+    """A group that differs only by a 0.1 partial credit is not blown up to the size of a group
+    with a full success once the std is floored; groups with a larger spread are unchanged."""
+    rewards = torch.tensor([0.1, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    plain = group_advantages(rewards, groups, eps=0.0)
+    floored = group_advantages(rewards, groups, eps=0.0, std_floor=0.2)
+    # both groups: one sample above three, std = sqrt(3)/4 of the gap, so plain GRPO gives both
+    # the same +-1.732 / 0.577
+    assert plain[:4].tolist() == pytest.approx(plain[4:].tolist(), abs=1e-6)
+    assert floored[4:].tolist() == pytest.approx(plain[4:].tolist(), abs=1e-6)  # std 0.43 > 0.2
+    assert floored[:4].tolist() == pytest.approx([0.075 / 0.2] + [-0.025 / 0.2] * 3, abs=1e-6)
+
+
 # --- the clipped objective --------------------------------------------------------------------
 
 

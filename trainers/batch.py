@@ -96,15 +96,18 @@ class TrainBatch:
         }
 
 
-def _advantages(rewards: list[float], groups: list[int], scale: bool) -> list[float]:
-    """GRPO: `(r - group mean) / group std` for every sample of the batch in one call; 0 in a
-    group with no spread."""
+def _advantages(
+    rewards: list[float], groups: list[int], scale: bool, std_floor: float
+) -> list[float]:
+    """GRPO: `(r - group mean) / max(group std, std_floor)` for every sample of the batch in one
+    call; 0 in a group with no spread."""
     import torch
 
     from trainers.grpo import group_advantages  # torch, imported when a batch is built
 
     r = torch.tensor(rewards, dtype=torch.float64)
-    return group_advantages(r, torch.tensor(groups, dtype=torch.long), scale=scale).tolist()
+    ids = torch.tensor(groups, dtype=torch.long)
+    return group_advantages(r, ids, scale=scale, std_floor=std_floor).tolist()
 
 
 def build_batch(
@@ -112,6 +115,7 @@ def build_batch(
     *,
     aborted_reward: float = 0.0,
     scale: bool = True,
+    std_floor: float = 0.0,
     pack: bool = True,
 ) -> TrainBatch:
     batch = TrainBatch(rows=[], trajectories=0, groups=len(groups))
@@ -127,7 +131,8 @@ def build_batch(
         if isinstance(last, Diagnose):
             batch.diagnoses.add(last.name.lower())
     batch.trajectories = len(members)
-    advantages = _advantages(batch.rewards, [g for g, _ in members], scale) if members else []
+    groups_of = [g for g, _ in members]
+    advantages = _advantages(batch.rewards, groups_of, scale, std_floor) if members else []
     for (_, t), adv in zip(members, advantages, strict=True):
         row: Row | None = None
         for turn in t.turns:

@@ -45,7 +45,12 @@ __all__ = ["LossOut", "group_advantages", "grpo_loss", "k3_kl", "token_logprobs"
 
 
 def group_advantages(
-    rewards: Tensor, groups: Tensor, *, eps: float = 1e-6, scale: bool = True
+    rewards: Tensor,
+    groups: Tensor,
+    *,
+    eps: float = 1e-6,
+    scale: bool = True,
+    std_floor: float = 0.0,
 ) -> Tensor:
     """GRPO advantages: `(r - group mean) / (group std + eps)` for each sample.
 
@@ -54,6 +59,11 @@ def group_advantages(
     group size. Groups of size 1 and groups whose rewards are all equal (std 0) get advantage
     exactly 0: they carry no relative signal, so they neither push nor pull (they would otherwise
     give `0 / eps` noise). `scale=False` skips the division by the std (Dr. GRPO).
+
+    `std_floor` divides by `max(std, std_floor)`: a group whose rewards differ only by a small
+    partial credit (a right organ system, 0.1) then gets small advantages instead of being blown
+    up to the size of a group with a right diagnosis (1.0), which made the policy collapse onto
+    one diagnosis per organ system.
     """
     if rewards.dim() != 1 or groups.shape != rewards.shape:
         raise ValueError("rewards and groups must be 1-D tensors of the same length")
@@ -66,7 +76,7 @@ def group_advantages(
     var = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, index, centred**2) / count
     std = var.sqrt()[index]
     flat = std <= 1e-12 * (1.0 + mean[index].abs())  # size 1 or all equal (up to rounding)
-    adv = centred / (std + eps) if scale else centred
+    adv = centred / (std.clamp(min=std_floor) + eps) if scale else centred
     adv = torch.where(flat, torch.zeros_like(adv), adv)
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
