@@ -70,6 +70,9 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     steps: int = 0  # stop after this many steps in all (0: no limit)
     minutes: float = 0.0  # stop after this many minutes of training in all (0: no limit)
     checkpoint_every: int = 10
+    # Redraw learning_curve.png at most this often (and at the end): a matplotlib redraw costs
+    # about a second of the learner's core, which every 10 steps was a sixth of its time.
+    plot_every_s: float = 60.0
     # A lease outlives a step; a dead learner's groups come back when it expires, and until then
     # admission counts them, so a restarted learner can wait up to this long for its next batch.
     lease_s: float = 60.0
@@ -122,6 +125,7 @@ class Learner:
         self.elapsed0 = 0.0  # training seconds before this process (resumed runs)
         self.t0 = time.monotonic()
         self.episodes = 0
+        self.plotted = time.monotonic()  # when learning_curve.png was last drawn
         self.endpoint = ""
         self.stop_requested = False  # a signal asked this process to stop
         self._pulling: trio.CancelScope | None = None
@@ -267,15 +271,17 @@ class Learner:
             self.record(line)
             log.info("step", **line)
             if self.trainer.steps % c.checkpoint_every == 0 and not self.stop_requested:
-                await self.persist()
+                await self.persist(plot=time.monotonic() - self.plotted >= c.plot_every_s)
         if self.lead:
-            await self.persist()
+            await self.persist(plot=True)
 
-    async def persist(self) -> None:
-        """Checkpoint and redraw the curve off the trio thread: the weight server and the hub
+    async def persist(self, *, plot: bool) -> None:
+        """Checkpoint (and redraw the curve) off the trio thread: the weight server and the hub
         heartbeat keep running meanwhile."""
         await trio.to_thread.run_sync(self.save)
-        await trio.to_thread.run_sync(self.plot)
+        if plot:
+            await trio.to_thread.run_sync(self.plot)
+            self.plotted = time.monotonic()
 
     def weights_digest(self) -> str:
         """sha256 of the weights: equal on every rank of a data-parallel learner."""
