@@ -325,7 +325,7 @@ async def run_cluster(
     spec: ClusterSpec,
     *,
     spec_name: str = "default",
-    ready_timeout_s: float = 60.0,
+    ready_timeout_s: float = 180.0,  # an agent starting on a loaded 2-core machine took 90 s
     resume: bool = False,
 ) -> dict[str, Any]:
     """`up`: run the spec to completion (or until `down`); returns the summary.
@@ -455,7 +455,9 @@ async def wait_for_services(
     for w in supervisor.workers:
         if w.name.rsplit("-", 1)[0] in missing and w.exits:
             detail += f"\n--- {w.name} exited {w.exits[-1]}:\n{w.stderr_tail()}"
-    raise RuntimeError(f"services never became ready: {', '.join(missing)}{detail}")
+    raise RuntimeError(
+        f"services never became ready within {timeout_s:g} s: {', '.join(missing)}{detail}"
+    )
 
 
 async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
