@@ -110,12 +110,12 @@ class Head:
     def new_version(self, msg: WeightsAvailable) -> None:
         restarted = msg.endpoint != self.learner_endpoint  # a new learner process (its server)
         if self.admission is not None:
-            if restarted and self.broker is not None:
+            if restarted:
                 # where it (re)starts: its checkpoint's version, and what the broker still holds
+                assert self.broker is not None  # run_cluster sets both
                 self.admission.rebase(msg.version, self.broker.core.pending)
-            elif restarted:
-                self.admission.resume_at(msg.version)
-            self.admission.set_version(msg.version)
+            else:
+                self.admission.set_version(msg.version)
         self.learner_version = msg.version if restarted else max(self.learner_version, msg.version)
         self.learner_endpoint = msg.endpoint
         self.hub.broadcast_weights(msg)
