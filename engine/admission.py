@@ -132,13 +132,16 @@ class Admission:
             self._lot.unpark_all()
 
     def rebase(self, version: int, held: int) -> None:
-        """A learner (re)started at `version` while the broker holds `held` accepted trajectories
-        that no learner has consumed: from now on `accepted` is `version * batch + held`.
+        """The learner is at `version` while the broker holds `held` accepted trajectories that no
+        learner has consumed: from now on `accepted` is `version * batch + held`, the trajectories
+        the learner's steps trained on plus those still waiting.
 
-        A learner restarted from a checkpoint older than its last announced version lost the steps
-        after it; the trajectories those steps consumed were acked and are gone, so counting them
-        would leave the rule short of capacity for good (the rollouts would starve). Rebasing on
-        what the broker actually holds keeps the rule exact whatever was lost."""
+        Counting from the broker keeps the rule exact when trajectories leave it other than by
+        training: a learner restarted from a checkpoint older than its last announced version lost
+        the steps after it (the trajectories they consumed were acked and are gone; counting them
+        would leave the rule short of capacity for good and starve the rollouts), and a learner
+        that filters groups without signal consumes more than `batch` per step. An episode
+        published but not yet `finished` is counted twice until the next rebase (conservative)."""
         if version < 0 or held < 0:
             raise ValueError("version and held must be >= 0")
         self.version = version

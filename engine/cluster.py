@@ -109,13 +109,14 @@ class Head:
 
     def new_version(self, msg: WeightsAvailable) -> None:
         restarted = msg.endpoint != self.learner_endpoint  # a new learner process (its server)
-        if self.admission is not None:
-            if restarted:
-                # where it (re)starts: its checkpoint's version, and what the broker still holds
-                assert self.broker is not None  # run_cluster sets both
-                self.admission.rebase(msg.version, self.broker.core.pending)
-            else:
-                self.admission.set_version(msg.version)
+        if self.admission is not None and (restarted or msg.version > self.admission.version):
+            # Admission counts from the learner's version and what the broker still holds, not
+            # from its own tally: a learner restarted from an older checkpoint lost steps, and a
+            # learner that filters groups (dynamic sampling) consumes more than a batch a step;
+            # either way the rule stays exact. (The learner acks a step's groups before it
+            # announces the version they made.)
+            assert self.broker is not None  # run_cluster sets both
+            self.admission.rebase(msg.version, self.broker.core.pending)
         self.learner_version = msg.version if restarted else max(self.learner_version, msg.version)
         self.learner_endpoint = msg.endpoint
         self.hub.broadcast_weights(msg)

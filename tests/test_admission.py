@@ -80,6 +80,19 @@ def test_rebase_after_a_learner_lost_steps_keeps_the_rollouts_going() -> None:
         a.rebase(-1, 0)
 
 
+def test_rebase_frees_the_slots_of_groups_a_learner_filtered_out() -> None:
+    """A learner with dynamic sampling consumed 30 trajectories for its first step (20 of them in
+    groups without signal, acked untrained). Counting versions alone would hold those 20 against
+    the rule; the head's rebase on the broker frees them."""
+    a = Admission(batch=10, max_staleness=1)
+    a.add_accepted(35)  # all admitted episodes ended: 35 accepted
+    assert a.free == 0
+    a.set_version(1)  # versions alone: 30 of capacity, 35 accepted -> nothing may start
+    assert a.free == 0
+    a.rebase(1, held=5)  # 30 left the broker, 5 still held
+    assert (a.accepted, a.free) == (15, 15)
+
+
 def test_admit_blocks_until_set_version_without_polling() -> None:
     async def main() -> None:
         a = Admission(batch=2, max_staleness=0)

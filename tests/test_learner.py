@@ -195,3 +195,60 @@ async def test_learner_trains_publishes_and_resumes(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert lines[2]["elapsed_s"] >= lines[1]["elapsed_s"]
+
+
+def uniform_groups(n_groups: int, size: int = 4) -> list[Trajectory]:
+    """Groups whose samples all got the answer right: no advantage anywhere."""
+    import msgspec
+
+    return [
+        msgspec.structs.replace(
+            t, id=f"u{t.id}", episode_id=f"u{t.id}", group_id=f"u{t.group_id}", verdict=verdict()
+        )
+        for t in trajectories(n_groups, size)
+    ]
+
+
+# u0 g0 u1 g1 | g2 u2 g3, or with at most one filtered per step: u0 g0 u1 | g1 g2
+@pytest.mark.parametrize(
+    ("cap", "filtered", "trained_rows", "accuracy"),
+    [(512, [2, 1], [8, 8], [12 / 16, 8 / 12]), (1, [1, 0], [4, 8], [10 / 12, 4 / 8])],
+)
+async def test_dynamic_sampling_steps_on_groups_with_signal(
+    tmp_path: Path, cap: int, filtered: list[int], trained_rows: list[int], accuracy: list[float]
+) -> None:
+    """With `filter_uniform_groups`, groups whose samples all scored the same are acked and
+    counted but not trained on: the learner leases more until its step holds `groups_per_step`
+    groups with signal, or until it has filtered `max_filtered_per_step` (then a uniform group
+    takes a place, and trains nothing)."""
+    mixed, uniform = trajectories(4), uniform_groups(3)
+    by_group = lambda ts, g: [t for t in ts if t.group_id == g]  # noqa: E731
+    published = [  # the broker hands groups out in this order: u0 g0 u1 g1 g2 u2 g3
+        *by_group(uniform, "ug0"), *by_group(mixed, "g0"), *by_group(uniform, "ug1"),
+        *by_group(mixed, "g1"), *by_group(mixed, "g2"), *by_group(uniform, "ug2"),
+        *by_group(mixed, "g3"),
+    ]  # fmt: skip
+    config = LearnerConfig(
+        policy=TINY,
+        steps=2,
+        checkpoint_every=1,
+        poll_s=0.2,
+        filter_uniform_groups=True,
+        max_filtered_per_step=cap,
+    )
+    async with hub_with_broker(published) as (ep, client, head):
+        await learn(ep, config, groups_per_step=2, run_dir=tmp_path)
+        stats = await client.request("broker", BrokerStatsQuery())
+    lines = read_metrics(tmp_path)
+    assert [x["filtered_groups"] for x in lines] == filtered
+    assert [x["train_rows_trained"] for x in lines] == trained_rows  # 4 per group with signal
+    assert [x["accuracy"] for x in lines] == pytest.approx(accuracy, abs=1e-5)  # filtered count
+    assert [x["staleness_max"] for x in lines] == [0, 1]
+    assert isinstance(stats, BrokerStats)
+    assert stats.acked == sum(x["trajectories"] for x in lines)  # the filtered ones are acked too
+    assert head.versions == [0, 1, 2]
+
+
+def test_the_filter_cap_cannot_be_negative() -> None:
+    with pytest.raises(ValueError, match="max_filtered_per_step"):
+        LearnerConfig(max_filtered_per_step=-1)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from protocols import Terminal, Trajectory, Turn, pack_floats, pack_ids
 from tests.fakes import verdict
-from trainers.batch import build_batch
+from trainers.batch import build_batch, has_signal
 
 pytest.importorskip("torch")
 
@@ -74,6 +74,18 @@ def test_a_group_with_one_outcome_teaches_nothing(outcomes: list[bool]) -> None:
     advs = [r.advantage for r in batch.rows[len(same) :]]
     assert sum(advs) == pytest.approx(0.0, abs=1e-6)  # centred within the group
     assert any(advs) == (len(set(outcomes)) > 1)
+    assert not has_signal(same) and has_signal(mixed) == any(advs)  # what dynamic sampling drops
+
+
+def test_filtered_groups_count_in_the_episode_statistics_but_not_in_staleness() -> None:
+    right, wrong = traj("g", 0, True, [turn(0, [1], [-0.1], 7)]), traj("g", 1, False, [])
+    trained = build_batch([[right, wrong]])
+    dropped = build_batch([[traj("h", i, True, [turn(0, [1], [-0.1], 2)]) for i in range(2)]])
+    trained.merge(dropped, trained=False)
+    stats = trained.stats(learner_version=8)
+    assert stats["trajectories"] == 4 and stats["groups"] == 2 and stats["filtered_groups"] == 1
+    assert stats["accuracy"] == 0.75  # the filtered group's two right answers count
+    assert stats["staleness_max"] == 1  # its version-2 turns were not trained on
 
 
 def chained(group: str, sample: int, correct: bool, actions: list[int]) -> Trajectory:

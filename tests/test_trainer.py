@@ -218,3 +218,34 @@ def test_the_entropy_bonus_on_every_row_is_the_full_batch_loss() -> None:
     assert all(2 <= c < 8 for c in counts)
     with pytest.raises(ValueError):
         OptimConfig(entropy_sample=0.0)
+
+
+def test_the_adaptive_entropy_coefficient_tracks_its_target(tmp_path: Path) -> None:
+    """With `entropy_target`, the coefficient climbs by its step while the trained tokens'
+    entropy is below the target (never past the cap), falls back to 0 when the policy is less
+    certain than the target, and a checkpoint keeps it."""
+    step, cap = 0.01, 0.025
+    trainer = Trainer(
+        TINY,
+        OptimConfig(entropy_target=100.0, entropy_coef_step=step, entropy_coef_max=cap),
+    )
+    ids = prompt(trainer.policy)
+    (good, _), (bad, _) = generate(trainer.policy, [ids, ids], seeds=[1, 2])
+    used = [trainer.step(batch_for(trainer, good, bad, ids))["entropy_coef"] for _ in range(4)]
+    assert used == pytest.approx([0.0, 0.01, 0.02, 0.025])  # entropy (< 6 nats) is below 100
+    trainer.save(tmp_path / "c.pt")
+    again = Trainer(
+        TINY, OptimConfig(entropy_target=100.0, entropy_coef_step=step, entropy_coef_max=cap)
+    )
+    again.load(tmp_path / "c.pt")
+    assert again.entropy_coef == pytest.approx(cap)
+    low = Trainer(
+        TINY, OptimConfig(entropy_coef=0.015, entropy_target=0.01, entropy_coef_step=step)
+    )
+    used = [low.step(batch_for(low, good, bad, ids))["entropy_coef"] for _ in range(3)]
+    assert used == pytest.approx([0.015, 0.005, 0.0])  # a uniform policy is above 0.01 nats
+    fixed = Trainer(TINY, OptimConfig(entropy_coef=0.015))
+    assert fixed.step(batch_for(fixed, good, bad, ids))["entropy_coef"] == 0.015
+    assert fixed.entropy_coef == 0.015  # no target: the coefficient is constant
+    with pytest.raises(ValueError, match="entropy_coef_max"):
+        OptimConfig(entropy_coef=0.5, entropy_target=1.0)

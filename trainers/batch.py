@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from protocols import Diagnose, Terminal, Trajectory, unpack_floats, unpack_ids
 
-__all__ = ["Row", "TrainBatch", "build_batch"]
+__all__ = ["Row", "TrainBatch", "build_batch", "has_signal", "reward_of"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,23 @@ class TrainBatch:
     diagnoses: set[str] = field(default_factory=set)  # distinct ones: a collapse shows here
     aborted: int = 0
     skipped_turns: int = 0  # turns with no token ids, or ids and logprobs that disagree
+    filtered: int = 0  # groups consumed without training: every sample had the same reward
+
+    def merge(self, other: TrainBatch, *, trained: bool = True) -> None:
+        """Add `other`'s episode statistics (not its rows); `trained=False` for groups that were
+        consumed but filtered out, whose turns' versions are no training data's staleness."""
+        self.trajectories += other.trajectories
+        self.groups += other.groups
+        self.rewards += other.rewards
+        self.correct += other.correct
+        self.exam_f1 += other.exam_f1
+        self.turns += other.turns
+        self.diagnoses |= other.diagnoses
+        self.aborted += other.aborted
+        self.filtered += other.filtered if trained else other.groups
+        if trained:
+            self.versions += other.versions
+            self.skipped_turns += other.skipped_turns
 
     def stats(self, learner_version: int) -> dict[str, float]:
         """Episode-level means of what the batch holds, and staleness against the learner."""
@@ -93,6 +110,7 @@ class TrainBatch:
             "staleness_mean": sum(stale) / len(stale),
             "staleness_max": float(max(stale)),
             "skipped_turns": float(self.skipped_turns),
+            "filtered_groups": float(self.filtered),
         }
 
 
@@ -110,6 +128,18 @@ def _advantages(
     return group_advantages(r, ids, scale=scale, std_floor=std_floor).tolist()
 
 
+def reward_of(t: Trajectory, aborted_reward: float = 0.0) -> float:
+    """The Judge's reward, or `aborted_reward` for an episode that ended without a verdict."""
+    return t.verdict.reward if t.verdict is not None else aborted_reward
+
+
+def has_signal(group: list[Trajectory], aborted_reward: float = 0.0) -> bool:
+    """Whether the group's rewards differ: a group whose samples all scored the same has zero
+    advantage everywhere and teaches the clipped surrogate nothing (DAPO's dynamic sampling
+    filters such groups out)."""
+    return len({reward_of(t, aborted_reward) for t in group}) > 1
+
+
 def build_batch(
     groups: list[list[Trajectory]],
     *,
@@ -121,8 +151,7 @@ def build_batch(
     batch = TrainBatch(rows=[], trajectories=0, groups=len(groups))
     members = [(g, t) for g, group in enumerate(groups) for t in group]
     for _, t in members:
-        reward = t.verdict.reward if t.verdict is not None else aborted_reward
-        batch.rewards.append(reward)
+        batch.rewards.append(reward_of(t, aborted_reward))
         batch.correct.append(bool(t.verdict and t.verdict.correct))
         batch.exam_f1.append(t.verdict.exam_f1 if t.verdict is not None else 0.0)
         batch.turns.append(len(t.turns))

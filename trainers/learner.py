@@ -5,7 +5,8 @@
 table; `learner.learners = W` starts W ranks). The loop:
 
 1. lease this rank's share of `groups_per_step` complete GRPO groups from the broker (a long poll:
-   no spinning);
+   no spinning); with `filter_uniform_groups`, groups whose samples all scored the same are set
+   aside (acked, counted in the metrics, not trained) and more are leased in their place;
 2. agree with the other ranks on whether to go on (rank 0 decides the budget; any rank that got
    SIGTERM or SIGINT stops them all), build rows (one per generated turn, `trainers.batch`) and
    take one GRPO step in a worker thread, so the process keeps answering weight requests while
@@ -55,7 +56,7 @@ from engine.logs import configure_logging
 from engine.security import CurveKeys
 from engine.weights import WeightServer, pack
 from protocols import Ack, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
-from trainers.batch import TrainBatch, build_batch
+from trainers.batch import TrainBatch, build_batch, has_signal
 from trainers.distributed import Group, Solo, parse_address
 from trainers.trainer import OptimConfig, Trainer
 
@@ -87,6 +88,14 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Divide by max(group std, this): with partial credit in the reward (the judge's
     # `icd10_chapter_partial`), a group whose samples differ only by it keeps small advantages.
     advantage_std_floor: float = 0.0
+    # DAPO's dynamic sampling: a group whose samples all scored the same (all right or all wrong)
+    # has zero advantage everywhere. It is acked and counted in the metrics but not trained on,
+    # and the learner leases more groups until its step holds `groups_per_step` with signal, or
+    # until `max_filtered_per_step` were filtered (then a certain policy still steps). Every
+    # step then averages the same number of informative groups, instead of Adam turning a step
+    # with one lucky group into a full-size update.
+    filter_uniform_groups: bool = False
+    max_filtered_per_step: int = 512
     baselines: dict[str, str] = msgspec.field(
         default_factory=lambda: {
             "random": "actors.agent:RandomAgent",
@@ -98,6 +107,10 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Data-parallel ranks wait for each other in collectives; one rank may wait out a long pull
     # (a restarted learner waits up to `lease_s` for its groups), so this exceeds `lease_s`.
     dist_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_filtered_per_step < 0:
+            raise ValueError("LearnerConfig.max_filtered_per_step must be >= 0")
 
 
 class Learner:
@@ -176,8 +189,16 @@ class Learner:
         if self._pulling is not None:
             self._pulling.cancel()
 
-    async def pull(self, hub: HubClient, groups: list[list[Trajectory]], leases: list[str]) -> None:
-        """Lease groups into `groups` until there are `share` (or training is to stop)."""
+    async def pull(
+        self,
+        hub: HubClient,
+        groups: list[list[Trajectory]],
+        leases: list[str],
+        filtered: list[list[Trajectory]],
+    ) -> None:
+        """Lease groups into `groups` until there are `share` (or training is to stop); with
+        `filter_uniform_groups`, groups without signal go to `filtered` instead (leased all the
+        same: they are acked with the rest)."""
         c = self.config
         while len(groups) < self.share and not (self.stop_requested or self.done()):
             want = self.share - len(groups)
@@ -189,8 +210,16 @@ class Learner:
             if not isinstance(reply, Groups):
                 raise RuntimeError(f"broker answered Pull with {type(reply).__name__}")
             if reply.groups:
-                groups += reply.groups
                 leases.append(reply.lease)
+            for group in reply.groups:
+                if (
+                    c.filter_uniform_groups
+                    and len(filtered) < c.max_filtered_per_step
+                    and not has_signal(group, c.aborted_reward)
+                ):
+                    filtered.append(group)
+                else:
+                    groups.append(group)
 
     async def ack(self, hub: HubClient, lease: str) -> None:
         """Ack a trained lease. While stopping, a broker that does not answer soon must not
@@ -233,9 +262,10 @@ class Learner:
         c = self.config
         while True:
             groups: list[list[Trajectory]] = []
+            filtered: list[list[Trajectory]] = []
             leases: list[str] = []
             with trio.CancelScope() as self._pulling:
-                await self.pull(hub, groups, leases)
+                await self.pull(hub, groups, leases, filtered)
             self._pulling = None
             # Every rank takes part, so none is left alone in the step's all-reduce; a rank
             # that stops here leaves its leases unacked, and the broker hands them out again.
@@ -247,6 +277,8 @@ class Learner:
                 scale=c.scale_advantages,
                 std_floor=c.advantage_std_floor,
             )
+            if filtered:  # their episodes count in the metrics (accuracy above all)
+                batch.merge(build_batch(filtered, aborted_reward=c.aborted_reward), trained=False)
             version = self.trainer.version
             step = await trio.to_thread.run_sync(self.trainer.step, batch)
             parts = await trio.to_thread.run_sync(
@@ -302,16 +334,7 @@ def merge_stats(
     over all trajectories, counts summed, the ranks' losses averaged (the gradient was)."""
     whole = TrainBatch(rows=[], trajectories=0, groups=0)
     for batch, _, _ in parts:
-        whole.trajectories += batch.trajectories
-        whole.groups += batch.groups
-        whole.rewards += batch.rewards
-        whole.correct += batch.correct
-        whole.exam_f1 += batch.exam_f1
-        whole.turns += batch.turns
-        whole.versions += batch.versions
-        whole.diagnoses |= batch.diagnoses
-        whole.aborted += batch.aborted
-        whole.skipped_turns += batch.skipped_turns
+        whole.merge(batch)
     stats = whole.stats(version)
     stats["rows"] = float(sum(rows for _, rows, _ in parts))
     steps = [s for _, _, s in parts]

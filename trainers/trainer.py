@@ -41,6 +41,14 @@ class OptimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # keeps the policy from collapsing onto the few diagnoses that a rare success pushes up for
     # every patient (Adam turns a one-success batch into a full-size step).
     entropy_coef: float = 0.0
+    # Adaptive entropy control (Skywork-OR1): with a target > 0 the coefficient starts at
+    # `entropy_coef` and after every step moves by `entropy_coef_step`, up while the mean entropy
+    # of the trained tokens is below the target and down (not below 0) while it is above, capped
+    # at `entropy_coef_max`. A fixed coefficient either lets the policy collapse or holds it back
+    # for good; this one only pushes while the policy is more certain than the target.
+    entropy_target: float = 0.0
+    entropy_coef_step: float = 0.002
+    entropy_coef_max: float = 0.1
     # Rows without advantage matter only to the entropy term: it is estimated on this share of
     # them (each weighted 1 / share, so the estimate is unbiased) plus every row with advantage.
     entropy_sample: float = 0.25
@@ -50,6 +58,10 @@ class OptimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not 0.0 < self.entropy_sample <= 1.0:
             raise ValueError("OptimConfig.entropy_sample must be in (0, 1]")
+        if min(self.entropy_coef, self.entropy_target, self.entropy_coef_step) < 0:
+            raise ValueError("OptimConfig: entropy_coef, entropy_target and its step must be >= 0")
+        if self.entropy_target and self.entropy_coef > self.entropy_coef_max:
+            raise ValueError("OptimConfig.entropy_coef must not exceed entropy_coef_max")
         if self.minibatches < 1 or self.norm not in ("token", "sequence"):
             raise ValueError("OptimConfig: minibatches >= 1, norm 'token' or 'sequence'")
 
@@ -88,6 +100,7 @@ class Trainer:
         self.grad_hook = grad_hook
         self.version = 0
         self.steps = 0
+        self.entropy_coef = optim.entropy_coef  # adapted after each step with `entropy_target`
 
     # --- one step --------------------------------------------------------------------------
 
@@ -129,7 +142,7 @@ class Trainer:
         skipping = self.reference is None  # with a KL term every row counts
         kept, weights = list(rows), [1.0] * len(rows)
         if skipping:
-            share = cfg.entropy_sample if cfg.entropy_coef else 0.0
+            share = cfg.entropy_sample if self.entropy_coef else 0.0
             rng = random.Random(self.steps)  # the same draw when a step is replayed
             extra = [r for r in rows if r.advantage == 0.0 and share and rng.random() < share]
             kept = [r for r in rows if r.advantage != 0.0]
@@ -190,8 +203,17 @@ class Trainer:
         self.version += 1
         self.steps += 1
         metrics.update(totals)
+        metrics["entropy_coef"] = self.entropy_coef
+        self._adapt_entropy_coef(totals["entropy"])
         metrics["step_s"] = time.perf_counter() - t0
         return metrics
+
+    def _adapt_entropy_coef(self, entropy: float) -> None:
+        cfg = self.optim_config
+        if cfg.entropy_target <= 0:
+            return
+        step = cfg.entropy_coef_step if entropy < cfg.entropy_target else -cfg.entropy_coef_step
+        self.entropy_coef = min(max(self.entropy_coef + step, 0.0), cfg.entropy_coef_max)
 
     def _part_loss(
         self, part: list[Row], prox: Any, weights: list[float] | None = None
@@ -226,11 +248,11 @@ class Trainer:
         )
         tokens = mask.sum().clamp(min=1)
         mean_entropy = (entropy * mask).sum() / tokens
-        if not cfg.entropy_coef:
+        if not self.entropy_coef:
             return out, mean_entropy, out.loss
         w = torch.tensor(weights or [1.0] * len(part), dtype=entropy.dtype)[:, None]
         bonus = (entropy * mask * w).sum() / tokens
-        return out, mean_entropy, out.loss - cfg.entropy_coef * bonus
+        return out, mean_entropy, out.loss - self.entropy_coef * bonus
 
     # --- weights and checkpoints ----------------------------------------------------------
 
@@ -249,6 +271,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "version": self.version,
             "steps": self.steps,
+            "entropy_coef": self.entropy_coef,
             "policy": msgspec.to_builtins(self.policy.config),
             "rng": torch.get_rng_state(),
             "extra": extra or {},
@@ -269,6 +292,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.steps = int(state["steps"])
+        self.entropy_coef = float(state.get("entropy_coef", self.optim_config.entropy_coef))
         torch.set_rng_state(state["rng"])
         return dict(state.get("extra") or {})
 
