@@ -112,6 +112,14 @@ class Admission:
             self.rejected += 1
             self._lot.unpark_all()  # a slot came free
 
+    def discard(self, n: int) -> None:
+        """`n` accepted trajectories left the broker untrained (a learner filtered their groups):
+        they free their slots, as a rejected episode does."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        self.accepted = max(self.accepted - n, 0)
+        self._lot.unpark_all()
+
     def add_accepted(self, n: int = 1) -> None:
         """Trajectories the broker holds that were not started here (e.g. replayed at start)."""
         if n < 0:

@@ -30,7 +30,7 @@ import structlog
 import trio
 import zmq
 
-from engine.actor import Actor, ConfigError, convert_config, handles
+from engine.actor import Actor, ActorError, ConfigError, convert_config, handles
 from engine.admission import Admission
 from engine.broker import Broker, BrokerConfig
 from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient, local_client
@@ -44,9 +44,12 @@ from engine.spec import ClusterSpec, Hosted, load_spec, worker_plan
 from engine.supervisor import Supervisor, WorkerProcess, worker_argv
 from engine.worker import resolve, serve
 from protocols import (
+    Acked,
     BrokerStats,
     BrokerStatsQuery,
     Case,
+    ErrorCode,
+    Filtered,
     Shutdown,
     Status,
     StatusQuery,
@@ -86,6 +89,15 @@ class HeadControl(Actor):
         log.info("down requested", reason=msg.reason)
         self.head.request_down()
         return self.head.status()
+
+    @handles(Filtered)
+    def filtered(self, msg: Filtered) -> Acked:
+        """A learner acked trajectories it did not train on: admission frees their slots."""
+        if msg.trajectories < 0:
+            raise ActorError(ErrorCode.BAD_REQUEST, "Filtered.trajectories must be >= 0")
+        if self.head.admission is not None:
+            self.head.admission.discard(msg.trajectories)
+        return Acked(msg.trajectories)
 
     @handles(WeightsAvailable)
     def weights(self, msg: WeightsAvailable) -> VersionApplied:

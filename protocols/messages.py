@@ -35,6 +35,7 @@ __all__ = [
     "ExamReply",
     "ExamResult",
     "ExamResults",
+    "Filtered",
     "FormatFeedback",
     "Groups",
     "Heartbeat",
@@ -362,6 +363,15 @@ class Acked(_Msg):
     count: int
 
 
+class Filtered(_Msg):
+    """Learner -> head: it acked `trajectories` without training on them (groups whose samples
+    all scored the same: dynamic sampling). The staleness admission frees their slots; counted
+    as trained they would hold the rollouts back while the learner waits for groups with signal.
+    Answered with `Acked`."""
+
+    trajectories: int
+
+
 class BrokerStats(_Msg):
     received: int
     duplicates: int
@@ -493,6 +503,7 @@ Message = (
     | Groups
     | Ack
     | Acked
+    | Filtered
     | BrokerStats
     | BrokerStatsQuery
     | TensorEntry

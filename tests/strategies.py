@@ -42,6 +42,7 @@ from protocols.messages import (
     ExamReply,
     ExamResult,
     ExamResults,
+    Filtered,
     FormatFeedback,
     Groups,
     Heartbeat,
@@ -361,6 +362,7 @@ _register(
 )
 _register(Ack, st.builds(Ack, lease=text))
 _register(Acked, st.builds(Acked, count=ints))
+_register(Filtered, st.builds(Filtered, trajectories=ints))
 _register(
     BrokerStats,
     st.builds(BrokerStats, received=ints, duplicates=ints, pending=ints, leased=ints, acked=ints),

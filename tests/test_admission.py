@@ -306,3 +306,26 @@ def test_a_resumed_learner_counts_its_trained_batches_as_accepted() -> None:
     assert (a.version, a.accepted, a.free) == (3, 12, 8)  # (1 + 3 + 1) * 4 - 12
     a.resume_at(2)  # older news changes nothing
     assert (a.version, a.accepted) == (3, 12)
+
+
+def test_the_head_frees_the_slots_of_trajectories_a_learner_filtered() -> None:
+    """Mid-step, a learner with dynamic sampling acks groups without signal and tells the head
+    (`Filtered`): their slots come free at once, not at the next version, so the rollouts can
+    produce the groups with signal the learner still waits for."""
+    from types import SimpleNamespace
+
+    from engine.actor import ActorError
+    from engine.cluster import HeadControl
+    from protocols import Acked, ErrorCode, Filtered
+
+    a = Admission(batch=10, max_staleness=1)
+    a.add_accepted(20)
+    assert a.free == 0
+    control = HeadControl(SimpleNamespace(admission=a))  # type: ignore[arg-type]
+    assert control.filtered(Filtered(8)) == Acked(8)
+    assert (a.accepted, a.free) == (12, 8)
+    with pytest.raises(ActorError) as err:
+        control.filtered(Filtered(-1))
+    assert err.value.code == ErrorCode.BAD_REQUEST
+    with pytest.raises(ValueError):
+        a.discard(-1)

@@ -27,8 +27,10 @@ from engine.hub import Hub  # noqa: E402
 from engine.routing import RouterConfig  # noqa: E402
 from engine.worker import serve  # noqa: E402
 from protocols import (  # noqa: E402
+    Acked,
     BrokerStats,
     BrokerStatsQuery,
+    Filtered,
     Publish,
     Shutdown,
     Status,
@@ -58,6 +60,12 @@ class FakeHead(Actor):
         self.versions: list[int] = []
         self.endpoints: set[str] = set()
         self.shutdowns: list[str] = []
+        self.filtered: list[int] = []
+
+    @handles(Filtered)
+    def filtered_groups(self, msg: Filtered) -> Acked:
+        self.filtered.append(msg.trajectories)
+        return Acked(msg.trajectories)
 
     @handles(WeightsAvailable)
     def weights(self, msg: WeightsAvailable) -> VersionApplied:
@@ -246,6 +254,7 @@ async def test_dynamic_sampling_steps_on_groups_with_signal(
     assert [x["staleness_max"] for x in lines] == [0, 1]
     assert isinstance(stats, BrokerStats)
     assert stats.acked == sum(x["trajectories"] for x in lines)  # the filtered ones are acked too
+    assert head.filtered == [4] * sum(filtered)  # each one told to the head as it was acked
     assert head.versions == [0, 1, 2]
 
 

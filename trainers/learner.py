@@ -55,7 +55,7 @@ from engine.client import HubClient, HubUnreachable, RemoteError, RequestTimeout
 from engine.logs import configure_logging
 from engine.security import CurveKeys
 from engine.weights import WeightServer, pack
-from protocols import Ack, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
+from protocols import Ack, Filtered, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
 from trainers.batch import TrainBatch, build_batch, has_signal
 from trainers.distributed import Group, Solo, parse_address
 from trainers.trainer import OptimConfig, Trainer
@@ -196,12 +196,15 @@ class Learner:
         leases: list[str],
         filtered: list[list[Trajectory]],
     ) -> None:
-        """Lease groups into `groups` until there are `share` (or training is to stop); with
-        `filter_uniform_groups`, groups without signal go to `filtered` instead (leased all the
-        same: they are acked with the rest)."""
+        """Lease groups into `groups` until there are `share` (or training is to stop).
+
+        With `filter_uniform_groups` it leases one group at a time, and a group without signal
+        goes to `filtered` and is acked at once, and the head told (`Filtered`): admission counts
+        what the learner has not consumed, and a whole step's worth of filtered groups held
+        until the step would leave it no room for the groups the step still needs."""
         c = self.config
         while len(groups) < self.share and not (self.stop_requested or self.done()):
-            want = self.share - len(groups)
+            want = 1 if c.filter_uniform_groups else self.share - len(groups)
             reply = await hub.request(
                 "broker",
                 Pull(max_groups=want, lease_s=c.lease_s, wait_s=c.poll_s),
@@ -209,17 +212,20 @@ class Learner:
             )
             if not isinstance(reply, Groups):
                 raise RuntimeError(f"broker answered Pull with {type(reply).__name__}")
-            if reply.groups:
-                leases.append(reply.lease)
-            for group in reply.groups:
-                if (
-                    c.filter_uniform_groups
-                    and len(filtered) < c.max_filtered_per_step
-                    and not has_signal(group, c.aborted_reward)
-                ):
-                    filtered.append(group)
-                else:
-                    groups.append(group)
+            if not reply.groups:
+                continue
+            if (
+                c.filter_uniform_groups
+                and len(filtered) < c.max_filtered_per_step
+                and not any(has_signal(g, c.aborted_reward) for g in reply.groups)
+            ):
+                filtered += reply.groups
+                await self.ack(hub, reply.lease)
+                count = sum(len(g) for g in reply.groups)
+                await hub.request("head", Filtered(count), timeout=30.0)
+                continue
+            groups += reply.groups
+            leases.append(reply.lease)
 
     async def ack(self, hub: HubClient, lease: str) -> None:
         """Ack a trained lease. While stopping, a broker that does not answer soon must not
