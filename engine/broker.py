@@ -14,10 +14,16 @@ Guarantees, when a log directory is configured (`BrokerConfig.log_dir`):
   an ack is appended before `Acked` is returned. On start the log is replayed: every published,
   unacked trajectory is pending again (complete groups ready, incomplete ones waiting) and the
   acked window (below) is rebuilt exactly as it was.
+- Delivery order: oldest policy first. A complete group's key is the oldest policy version among
+  its trajectories' turns (`group_version`, the learner's own per-turn definition), and `pull`
+  hands out the lowest key first, ties in the order the groups became ready. Why: groups complete
+  out of admission order (long episodes finish late), and plain completion order left a learner
+  training on groups already past its staleness limit while newer ones went first. Replay admits
+  trajectories in publish order, so after a restart the pending groups come out in the same order.
 - Leases live only in memory: a lease unacked after `Pull.lease_s` expires and its groups go back
-  to the front of the queue; a restart ends every lease the same way. An ack of an expired or
-  unknown lease is `NOT_FOUND` (its groups are, or will be, delivered again), so a trajectory is
-  delivered at most once after its ack.
+  under their original key and place, so they come out first among equals; a restart ends every
+  lease the same way. An ack of an expired or unknown lease is `NOT_FOUND` (its groups are, or
+  will be, delivered again), so a trajectory is delivered at most once after its ack.
 - Duplicates: a publish whose id is pending (published, not acked) is dropped. So is one whose id
   is among the last `max_seen_ids` ids acked (`AckedWindow`, counted in acks, not time), across
   restarts and compaction. A re-publish comes from the scheduler retrying a publish whose reply it
@@ -41,13 +47,16 @@ Guarantees, when a log directory is configured (`BrokerConfig.log_dir`):
   trajectories pass through (benchmarks/broker_load.py).
 
 Without `log_dir` the broker keeps the same rules in memory only. `jsonl` additionally appends
-every accepted trajectory as JSON lines, for people and tools.
+every accepted trajectory as JSON lines, for people and tools; it is rotated logrotate style
+(`trajectories.jsonl` -> `.1` -> ... -> `.{jsonl_keep}`, the oldest deleted) before it would
+pass `jsonl_max_mb`, so that copy takes at most (jsonl_keep + 1) x jsonl_max_mb of disk.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import itertools
 import os
 import sys
@@ -86,6 +95,14 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fsync_every: int = 1  # 1: fsync every record, N: every N records, 0: never (OS page cache)
     max_pending: int = 100_000  # trajectories held (waiting + ready + leased); more: OVERLOADED
     max_seen_ids: int = 1_000_000  # last acks remembered for duplicates (16 bytes each, fixed)
+    jsonl_max_mb: int = 256  # rotate `jsonl` before it passes this size; 0: never rotate
+    jsonl_keep: int = 2  # rotated copies kept (jsonl.1 .. jsonl.N), the oldest deleted
+
+    def __post_init__(self) -> None:
+        if self.jsonl_max_mb < 0:
+            raise ValueError(f"jsonl_max_mb must be >= 0 (0: no limit), got {self.jsonl_max_mb}")
+        if self.jsonl_keep < 0:
+            raise ValueError(f"jsonl_keep must be >= 0, got {self.jsonl_keep}")
 
 
 # --- log records ---------------------------------------------------------------------------------
@@ -113,9 +130,36 @@ _decoder = msgspec.msgpack.Decoder(_Record)
 _MAX_WINDOW = 1 << 28
 
 
+# a ready group in the heap: (oldest policy version, ready sequence number, the group)
+_Entry = tuple[int, int, list[Trajectory]]
+
+
 class _Lease(msgspec.Struct):
-    groups: list[list[Trajectory]]
+    entries: list[_Entry]  # kept whole, so an expired lease's groups go back where they were
     deadline: float
+
+    @property
+    def groups(self) -> list[list[Trajectory]]:
+        return [group for _, _, group in self.entries]
+
+
+def trajectory_version(t: Trajectory) -> int | None:
+    """The oldest policy version among the turns that carry training tokens (token ids with one
+    log-probability each), as the learner counts staleness; None if no turn carries any."""
+    versions = [
+        turn.policy_version
+        for turn in t.turns
+        if turn.token_ids and len(turn.token_ids) == len(turn.logprobs)
+    ]
+    return min(versions, default=None)
+
+
+def group_version(group: list[Trajectory]) -> int:
+    """A complete group's delivery key: the oldest policy version among its trajectories. A group
+    with no training tokens (scripted agents) has no staleness to lose, so it takes -1 and goes
+    first rather than waiting behind every group that does."""
+    versions = [v for t in group if (v := trajectory_version(t)) is not None]
+    return min(versions, default=-1)
 
 
 # --- duplicate detection -------------------------------------------------------------------------
@@ -275,7 +319,8 @@ class BrokerCore:
         self.max_pending = max_pending
         self.max_seen_ids = max_seen_ids
         self.open_groups: dict[str, list[Trajectory]] = {}
-        self.ready: collections.deque[list[Trajectory]] = collections.deque()
+        self.ready: list[_Entry] = []  # a heap: oldest policy version first, then ready order
+        self._ready_seq = itertools.count()
         self.leases: dict[str, _Lease] = {}
         self.pending_ids: dict[str, int] = {}  # unacked id -> its segment (0: no log)
         self.acked_window = AckedWindow(max_seen_ids)  # the last max_seen_ids acks
@@ -369,12 +414,14 @@ class BrokerCore:
     ) -> tuple[str, list[list[Trajectory]]]:
         """Lease up to `max_groups` complete groups until `now + lease_s`; ("", []) if none."""
         self.expire(now)
-        groups = [self.ready.popleft() for _ in range(min(max_groups, len(self.ready)))]
-        if not groups:
+        ready = self.ready
+        entries = [heapq.heappop(ready) for _ in range(min(max_groups, len(ready)))]
+        if not entries:
             return "", []
         lease = f"lease-{self._lease_prefix}-{next(self._lease_ids)}"
-        self.leases[lease] = _Lease(groups, now + lease_s)
-        return lease, groups
+        held = _Lease(entries, now + lease_s)
+        self.leases[lease] = held
+        return lease, held.groups
 
     def ack(self, lease: str, now: float) -> int:
         """Acknowledge a lease: its trajectories are done for good. NOT_FOUND if expired/unknown."""
@@ -398,16 +445,17 @@ class BrokerCore:
         return len(ids)
 
     def expire(self, now: float) -> list[str]:
-        """End every lease past its deadline; its groups go back to the front of the queue."""
+        """End every lease past its deadline; its groups go back under their original keys."""
         expired = [name for name, lease in self.leases.items() if lease.deadline <= now]
-        for name in reversed(expired):  # oldest ends up first
-            self.ready.extendleft(reversed(self.leases.pop(name).groups))
+        for name in expired:
+            for entry in self.leases.pop(name).entries:
+                heapq.heappush(self.ready, entry)
         if expired:
             log.info("broker.leases_expired", leases=len(expired))
         return expired
 
     def leased(self) -> int:
-        return sum(len(g) for lease in self.leases.values() for g in lease.groups)
+        return sum(len(g) for lease in self.leases.values() for _, _, g in lease.entries)
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -418,7 +466,8 @@ class BrokerCore:
         group.append(t)
         if len(group) >= max(t.group_size, 1):
             del self.open_groups[t.group_id]
-            self.ready.append(sorted(group, key=lambda x: x.sample))
+            group.sort(key=lambda x: x.sample)
+            heapq.heappush(self.ready, (group_version(group), next(self._ready_seq), group))
 
     def _compact(self) -> None:
         """Delete the oldest closed segments that hold no unacked trajectory."""
@@ -462,6 +511,8 @@ class Broker(Actor):
         self.core = BrokerCore(max_pending=cfg.max_pending, max_seen_ids=cfg.max_seen_ids)
         self.clock: Callable[[], float] = time.monotonic
         self._file: IO[bytes] | None = None
+        self._jsonl_size = 0  # bytes in the current `jsonl` file
+        self._jsonl_max_bytes = cfg.jsonl_max_mb << 20  # 0: no limit; tests set bytes directly
         self._encoder = msgspec.json.Encoder()
         self._group_ready = trio.lowlevel.ParkingLot()  # long-polling pulls wait here
 
@@ -477,13 +528,47 @@ class Broker(Actor):
             )
         if cfg.jsonl:
             Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(cfg.jsonl, "ab")  # noqa: SIM115 - closed in close()
+            self._open_jsonl()
 
     async def close(self) -> None:
         self.core.close()
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _open_jsonl(self) -> None:
+        cfg: BrokerConfig = self.config
+        assert cfg.jsonl
+        self._file = open(cfg.jsonl, "ab")  # noqa: SIM115 - closed in close() or _rotate_jsonl()
+        self._jsonl_size = os.fstat(self._file.fileno()).st_size
+
+    def _rotate_jsonl(self) -> None:
+        """`jsonl` -> `jsonl.1` -> ... -> `jsonl.{keep}`, the oldest deleted; a fresh `jsonl`."""
+        cfg: BrokerConfig = self.config
+        assert cfg.jsonl and self._file is not None
+        self._file.close()
+        path = cfg.jsonl
+        if cfg.jsonl_keep == 0:
+            os.unlink(path)
+        else:
+            for i in range(cfg.jsonl_keep - 1, 0, -1):
+                if os.path.exists(f"{path}.{i}"):
+                    os.replace(f"{path}.{i}", f"{path}.{i + 1}")  # replaces the oldest
+            os.replace(path, f"{path}.1")
+        log.info("broker.jsonl_rotated", path=path, bytes=self._jsonl_size, keep=cfg.jsonl_keep)
+        self._open_jsonl()
+
+    def _write_jsonl(self, t: Trajectory) -> None:
+        """Append one line, rotating first if it would take the file past the limit (a line
+        longer than the limit gets a file of its own)."""
+        assert self._file is not None
+        line = self._encoder.encode(t) + b"\n"
+        limit = self._jsonl_max_bytes
+        if limit and self._jsonl_size and self._jsonl_size + len(line) > limit:
+            self._rotate_jsonl()
+        self._file.write(line)
+        self._file.flush()
+        self._jsonl_size += len(line)
 
     @property
     def received(self) -> int:
@@ -504,8 +589,7 @@ class Broker(Actor):
         if not self.core.publish(t):
             return Published(t.id, duplicate=True)
         if self._file is not None:
-            self._file.write(self._encoder.encode(t) + b"\n")
-            self._file.flush()
+            self._write_jsonl(t)
         if len(self.core.ready) > ready and self._group_ready:
             self._group_ready.unpark_all()
         return Published(t.id)

@@ -103,3 +103,55 @@ async def test_long_poll_ends_empty_at_its_deadline(autojump_clock) -> None:  # 
     reply = await broker.pull(Pull(max_groups=1, wait_s=5.0))
     assert reply.groups == [] and reply.lease == ""
     assert trio.current_time() - t0 == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3])
+async def test_jsonl_rotates_and_stays_bounded(tmp_path, keep: int) -> None:  # noqa: ANN001
+    path = tmp_path / "trajectories.jsonl"
+    broker = Broker(BrokerConfig(jsonl=str(path), jsonl_keep=keep))
+    await broker.start()
+    line = len(broker._encoder.encode(traj("g000", 0, 1))) + 1  # every id below has this length
+    broker._jsonl_max_bytes = 3 * line  # the public knob is MB; three lines a file here
+    for n in range(20):
+        broker.publish(Publish(traj(f"g{n:03}", 0, 1)))
+        files = sorted(tmp_path.iterdir())
+        assert len(files) <= keep + 1
+        assert all(f.stat().st_size <= 3 * line for f in files)
+    await broker.close()
+    names = [path.name] + [f"{path.name}.{i}" for i in range(1, keep + 1)]
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(names)
+    ids = [  # newest file first, each read oldest line first
+        [json.loads(line)["id"] for line in (tmp_path / name).read_text().splitlines()]
+        for name in names
+    ]
+    assert ids[0] == ["g018.0/t", "g019.0/t"]  # the newest lines are in trajectories.jsonl
+    assert [i for file in reversed(ids) for i in file] == [
+        f"g{n:03}.0/t" for n in range(20 - 2 - 3 * keep, 20)
+    ]
+
+
+async def test_jsonl_appends_after_a_restart_and_zero_means_no_limit(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"id": "before"}\n' * 4)
+    broker = Broker(BrokerConfig(jsonl=str(path), jsonl_max_mb=0))
+    await broker.start()
+    broker._jsonl_max_bytes = 0
+    for n in range(5):
+        broker.publish(Publish(traj(f"g{n}", 0, 1)))
+    await broker.close()
+    assert [f.name for f in tmp_path.iterdir()] == ["t.jsonl"]
+    assert len(path.read_text().splitlines()) == 9
+
+    broker = Broker(BrokerConfig(jsonl=str(path), jsonl_max_mb=1))
+    await broker.start()
+    broker._jsonl_max_bytes = path.stat().st_size + 1  # the existing size counts
+    broker.publish(Publish(traj("g9", 0, 1)))
+    await broker.close()
+    assert len((tmp_path / "t.jsonl.1").read_text().splitlines()) == 9
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["g9.0/t"]
+
+
+@pytest.mark.parametrize("field", ["jsonl_max_mb", "jsonl_keep"])
+def test_negative_jsonl_limits_are_refused(field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be >= 0"):
+        BrokerConfig(**{field: -1})
