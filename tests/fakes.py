@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from protocols import (
@@ -21,6 +22,9 @@ from protocols import (
     PatientQuestion,
     PatientReply,
     ScoreRequest,
+    Terminal,
+    Trajectory,
+    Turn,
     Verdict,
 )
 
@@ -36,6 +40,23 @@ def tiny_case(i: int = 0) -> Case:
         key_exams=["chest x-ray"],
         diagnosis=Diagnosis("pneumonia", "J18.9", ["community-acquired pneumonia"]),
         specialty="pulmonology",
+    )
+
+
+def member(
+    group: str, sample: int, size: int, turns: Sequence[Turn] = (), reason: str = "turn cap"
+) -> Trajectory:
+    """Sample `sample` of a GRPO group of `size`, cut at the turn cap: the broker's unit."""
+    return Trajectory(
+        id=f"{group}.{sample}/t",
+        episode_id=f"{group}.{sample}",
+        case_id="c",
+        group_id=group,
+        sample=sample,
+        group_size=size,
+        turns=list(turns),
+        terminal=Terminal.TRUNCATED,
+        reason=reason,
     )
 
 

@@ -10,21 +10,12 @@ import trio.testing
 
 from engine.actor import ActorError
 from engine.broker import Broker, BrokerConfig
-from protocols import Ack, BrokerStatsQuery, ErrorCode, Publish, Pull, Terminal, Trajectory
+from protocols import Ack, BrokerStatsQuery, ErrorCode, Publish, Pull, Trajectory
+from tests.fakes import member
 
 
 def traj(group: str, sample: int, size: int) -> Trajectory:
-    return Trajectory(
-        id=f"{group}.{sample}/t",
-        episode_id=f"{group}.{sample}",
-        case_id="c",
-        group_id=group,
-        sample=sample,
-        group_size=size,
-        turns=[],
-        terminal=Terminal.TRUNCATED,
-        reason="turn cap",
-    )
+    return member(group, sample, size)
 
 
 async def test_groups_leases_and_duplicates(tmp_path) -> None:  # noqa: ANN001

@@ -22,7 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from engine.actor import ActorError
 from engine.broker import BrokerCore
 from engine.segment_log import CorruptLog, SegmentLog
-from protocols import ErrorCode, Terminal, Trajectory, Turn, pack_floats, pack_ids
+from protocols import ErrorCode, Trajectory, Turn, pack_floats, pack_ids
+from tests.fakes import member
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,17 +44,7 @@ def traj(
         )
         for v in ([] if version is None else [version])
     ]
-    return Trajectory(
-        id=f"{group}.{sample}/t",
-        episode_id=f"{group}.{sample}",
-        case_id="c",
-        group_id=group,
-        sample=sample,
-        group_size=size,
-        turns=turns,
-        terminal=Terminal.TRUNCATED,
-        reason="turn cap" + "x" * pad,
-    )
+    return member(group, sample, size, turns, reason="turn cap" + "x" * pad)
 
 
 # --- the segment log -----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.broker import BrokerCore, group_version, trajectory_version
-from protocols import Terminal, Trajectory, Turn, pack_floats, pack_ids
+from protocols import Trajectory, Turn, pack_floats, pack_ids
+from tests.fakes import member
 from trainers.batch import build_batch
 
 # a trajectory's turns: (policy version, carries training tokens)
@@ -30,17 +31,7 @@ def turn(index: int, version: int, tokens: bool = True) -> Turn:
 
 
 def traj(group: str, sample: int, size: int, turns: list[TurnSpec]) -> Trajectory:
-    return Trajectory(
-        id=f"{group}.{sample}/t",
-        episode_id=f"{group}.{sample}",
-        case_id="c",
-        group_id=group,
-        sample=sample,
-        group_size=size,
-        turns=[turn(i, v, tokens) for i, (v, tokens) in enumerate(turns)],
-        terminal=Terminal.TRUNCATED,
-        reason="turn cap",
-    )
+    return member(group, sample, size, [turn(i, v, tokens) for i, (v, tokens) in enumerate(turns)])
 
 
 turn_specs = st.lists(st.tuples(st.integers(0, 6), st.booleans()), max_size=3)
