@@ -509,17 +509,22 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
     return summary
 
 
-def learning_summary(run_dir: Path) -> dict[str, Any]:
-    """Start and end of the learner's curve: means over its first and last tenth of the steps
-    (10 to 50 steps each; one step's 64 episodes are too few to read alone)."""
+def _json_lines(path: Path) -> list[dict[str, Any]]:
     rows = []
-    path = run_dir / "metrics.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 rows.append(msgspec.json.decode(line))
             except msgspec.DecodeError:
                 continue  # a torn last line from a killed learner
+    return rows
+
+
+def learning_summary(run_dir: Path) -> dict[str, Any]:
+    """Start and end of the learner's curve: means over its first and last tenth of the steps
+    (10 to 50 steps each; one step's 64 episodes are too few to read alone), and the first and
+    last held-out evaluations (`eval.jsonl`), when the learner made them."""
+    rows = _json_lines(run_dir / "metrics.jsonl")
     if not rows:
         return {}
     window = min(50, max(10, len(rows) // 10))
@@ -537,6 +542,15 @@ def learning_summary(run_dir: Path) -> dict[str, Any]:
         "reward_end": mean(last, "reward"),
         "plot": str(run_dir / "learning_curve.png"),
     }
+    evals = _json_lines(run_dir / "eval.jsonl")
+    if evals:
+        out["heldout"] = {
+            "n": evals[-1]["n"],
+            "accuracy_start": evals[0]["accuracy"],
+            "accuracy_end": evals[-1]["accuracy"],
+            "accuracy_end_ci95": evals[-1]["ci95"]["accuracy"],
+            "minutes_end": evals[-1]["elapsed_s"] / 60,
+        }
     baselines = run_dir / "baselines.json"
     if baselines.exists():
         out["baselines"] = {
@@ -574,6 +588,16 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{learning['reward_start']:.3f} -> {learning['reward_end']:.3f}",
             ),
         ]
+        held = learning.get("heldout")
+        if held:
+            low, high = held["accuracy_end_ci95"]
+            rows.append(
+                (
+                    f"held-out accuracy first -> last ({held['n']} cases)",
+                    f"{held['accuracy_start']:.3f} -> {held['accuracy_end']:.3f}"
+                    f" (95% CI {low:.3f}-{high:.3f}) at {held['minutes_end']:.1f} min",
+                )
+            )
         for name, value in learning.get("baselines", {}).items():
             rows.append((f"{name} baseline accuracy", f"{value:.3f}"))
         rows.append(("learning curve", learning["plot"]))

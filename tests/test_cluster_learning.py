@@ -59,6 +59,11 @@ def test_default_trains_then_resumes(tmp_path: Path) -> None:
     baselines = json.loads((run / "baselines.json").read_text())
     assert baselines["heuristic"]["accuracy"] > baselines["random"]["accuracy"]
     assert "learner accuracy first -> last" in out and "learning curve" in out
+    # the policy on the 300 held-out cases at step 0 and at the end, the baselines on the same
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["n"]) for e in evals] == [(0, 300), (3, 300)]
+    assert baselines["heuristic"]["n"] == 300
+    assert summary["learning"]["heldout"]["n"] == 300 and "held-out accuracy" in out
     check_trajectories(run, 3)
     no_strays(os.getpid())
 
@@ -70,6 +75,8 @@ def test_default_trains_then_resumes(tmp_path: Path) -> None:
     assert [m["version"] for m in lines] == [1, 2, 3, 4, 5]
     assert lines[3]["elapsed_s"] >= lines[2]["elapsed_s"]
     assert json.loads((run / "summary.json").read_text())["policy_version"] == 5
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 3, 5]  # resumed on schedule, then the end
     check_trajectories(run, 5)
 
 

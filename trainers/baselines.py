@@ -1,9 +1,10 @@
 """The scripted baselines of a training run, measured under that run's own spec.
 
 A learning curve means little without the levels it should rise from and aim for: the random
-policy (chance) and the naive-Bayes clinician. This runs them in process (no sockets) on the first
-`n` cases of the spec's case set, with its rules and its Patient / Examiner / Judge backends, via
-`trainers.eval_agents`, and returns overall means with 95% bootstrap intervals.
+policy (chance) and the naive-Bayes clinician. This runs them in process (no sockets) on the
+given cases (the run's held-out set, `trainers.heldout`) or else the first `n` cases of the spec's
+case set, with its rules and its Patient / Examiner / Judge backends, via `trainers.eval_agents`,
+and returns overall means with 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import msgspec
 
 from engine.spec import ClusterSpec
 from engine.worker import build_actor, resolve
+from protocols import Case
 from trainers.eval_agents import Services, evaluate, summarise
 
 __all__ = ["run_baselines"]
@@ -22,9 +24,12 @@ __all__ = ["run_baselines"]
 METRICS = ("accuracy", "reward", "exam_f1", "turns")
 
 
-async def run_baselines(spec_path: Path, agents: dict[str, str], n: int) -> dict[str, Any]:
+async def run_baselines(
+    spec_path: Path, agents: dict[str, str], n: int, cases: list[Case] | None = None
+) -> dict[str, Any]:
     spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
-    cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
+    if cases is None:
+        cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
     shared = {
         name: build_actor(spec.services[name].actor, spec.services[name].config)
         for name in ("patient", "examiner", "judge")

@@ -1,10 +1,13 @@
-"""The learning curve of a run: `metrics.jsonl` (+ `baselines.json`) -> `learning_curve.png`.
+"""The learning curve of a run: `metrics.jsonl` (+ `baselines.json`, `eval.jsonl`) ->
+`learning_curve.png`.
 
 Six panels against training minutes: mean reward, diagnosis accuracy, exam F1, turns per episode,
 distinct diagnoses per batch (a policy collapsing onto a few answers shows here first) and
 staleness (learner version minus the version that generated each turn). Raw per-step values
 are drawn faint with a moving average on top; the scripted baselines of the same run (random and
-naive-Bayes clinician) are horizontal lines. `python -m trainers.curves RUN_DIR` redraws it.
+naive-Bayes clinician) are horizontal lines, and the policy's held-out evaluations
+(`trainers.heldout`, on the cases the baselines ran on) are points with 95% intervals.
+`python -m trainers.curves RUN_DIR` redraws it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
         return None
     baselines_path = run_dir / "baselines.json"
     baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else {}
+    evals = read_metrics(run_dir / "eval.jsonl")
     minutes = [r["elapsed_s"] / 60 for r in rows]
     window = max(1, len(rows) // 20)
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.2 * len(PANELS)), sharex=True)
@@ -74,15 +78,33 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
             if key in result:
                 color, style = BASELINE_STYLE.get(name, ("tab:red", "-."))
                 ax.axhline(result[key], color=color, linestyle=style, label=f"{name} baseline")
+        held = [e for e in evals if key in e]
+        if held:
+            ax.errorbar(
+                [e["elapsed_s"] / 60 for e in held],
+                [e[key] for e in held],
+                yerr=[
+                    [e[key] - e["ci95"][key][0] for e in held],
+                    [e["ci95"][key][1] - e[key] for e in held],
+                ],
+                color="tab:orange",
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=f"hf agent, {held[-1]['n']} held-out cases",
+            )
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
     axes[-1].set_xlabel("training minutes")
     last = rows[-1]
-    fig.suptitle(
+    title = (
         f"{run_dir.name}: {last['step']} steps, {last['episodes']} episodes, "
         f"accuracy {smooth([r['accuracy'] for r in rows], window)[-1]:.3f}"
     )
+    if evals:
+        title += f", held-out {evals[-1]['accuracy']:.3f}"
+    fig.suptitle(title)
     fig.tight_layout()
     path = out or run_dir / "learning_curve.png"
     tmp = path.with_suffix(".tmp.png")

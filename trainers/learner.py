@@ -30,7 +30,9 @@ collective fails and they exit non-zero too; the supervisor restarts every rank,
 resume from the last checkpoint.
 
 At start rank 0 also evaluates the scripted baselines (random and the naive-Bayes clinician) in
-process on the spec's cases, rules and Patient / Examiner / Judge, for the learning-curve plot.
+process under the spec's rules and Patient / Examiner / Judge, for the learning-curve plot. With
+`heldout.cases` set, it evaluates the policy itself on those cases every `heldout.every_min`
+minutes (`eval.jsonl`, `trainers.heldout`), and the baselines run on the same cases.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ from actors.lm import PolicyConfig
 from engine.client import HubClient, HubUnreachable, RemoteError, RequestTimeout, connect
 from engine.logs import configure_logging
 from engine.security import CurveKeys
+from engine.spec import ClusterSpec
 from engine.weights import WeightServer, pack
-from protocols import Ack, Filtered, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
+from protocols import Ack, Case, Filtered, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
 from trainers.batch import TrainBatch, build_batch, has_signal
 from trainers.distributed import Group, Solo, parse_address
+from trainers.heldout import HeldOut, HeldOutConfig
 from trainers.trainer import OptimConfig, Trainer
 
 log = structlog.get_logger("trainers.learner")
@@ -102,7 +106,8 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "heuristic": "actors.agent:HeuristicAgent",
         }
     )
-    baseline_cases: int = 300
+    baseline_cases: int = 300  # the first cases of the spec's set, when there is no held-out set
+    heldout: HeldOutConfig = HeldOutConfig()
     stop_cluster: bool = True  # ask the head to shut the cluster down when training ends
     # Data-parallel ranks wait for each other in collectives; one rank may wait out a long pull
     # (a restarted learner waits up to `lease_s` for its groups), so this exceeds `lease_s`.
@@ -142,6 +147,7 @@ class Learner:
         self.endpoint = ""
         self.stop_requested = False  # a signal asked this process to stop
         self._pulling: trio.CancelScope | None = None
+        self.heldout: HeldOut | None = None  # rank 0's evaluator on the held-out cases
 
     @property
     def lead(self) -> bool:
@@ -262,11 +268,28 @@ class Learner:
         except ImportError as exc:  # matplotlib is in the train extra; the run goes on without
             log.warning("no plot", error=str(exc))
 
+    async def evaluate(self, *, final: bool = False) -> None:
+        """The current weights on the held-out cases, when due (or at the end, unless this
+        version was just evaluated). Not once a signal asked to stop: that is a shutdown."""
+        h = self.heldout
+        if h is None or self.stop_requested:
+            return
+        if final and h.version == self.trainer.version:
+            return
+        if final or h.due(self.elapsed_s):
+            await h.run(
+                self.trainer.model,
+                step=self.trainer.steps,
+                version=self.trainer.version,
+                elapsed_s=self.elapsed_s,
+            )
+
     async def train(self, hub: HubClient, server: WeightServer | None) -> None:
         if server is not None:
             await self.announce(hub, server)
         c = self.config
         while True:
+            await self.evaluate()
             groups: list[list[Trajectory]] = []
             filtered: list[list[Trajectory]] = []
             leases: list[str] = []
@@ -311,6 +334,7 @@ class Learner:
             if self.trainer.steps % c.checkpoint_every == 0 and not self.stop_requested:
                 await self.persist(plot=time.monotonic() - self.plotted >= c.plot_every_s)
         if self.lead:
+            await self.evaluate(final=True)
             await self.persist(plot=True)
 
     async def persist(self, *, plot: bool) -> None:
@@ -356,13 +380,15 @@ def merge_stats(
     return stats, step
 
 
-async def evaluate_baselines(config: LearnerConfig, spec_path: Path, out: Path) -> None:
+async def evaluate_baselines(
+    config: LearnerConfig, spec_path: Path, out: Path, cases: list[Case] | None = None
+) -> None:
     """Accuracy and reward of the scripted baselines under the run's spec, once per run."""
     if out.exists() or not config.baselines:
         return
     from trainers.baselines import run_baselines
 
-    results = await run_baselines(spec_path, config.baselines, config.baseline_cases)
+    results = await run_baselines(spec_path, config.baselines, config.baseline_cases, cases)
     out.write_text(json.dumps(results, indent=1))
     log.info("baselines", **{k: v["accuracy"] for k, v in results.items()})
 
@@ -455,16 +481,37 @@ async def run_rank(
             await learner.train(hub, None)
             return
         server = WeightServer(config.weights_bind, curve=curve)
-        async with trio.open_nursery() as serving:
-            learner.endpoint = await serving.start(server.run)
-            if spec_path is not None:
-                nursery.start_soon(
-                    evaluate_baselines, config, spec_path, learner.run_dir / "baselines.json"
-                )
-            await learner.train(hub, server)
-            if config.stop_cluster and not learner.stop_requested:
-                await hub.request("head", Shutdown("training finished"), timeout=30.0)
-            serving.cancel_scope.cancel()
+        if config.heldout.enabled and spec_path is not None:
+            spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
+            learner.heldout = HeldOut(
+                config.heldout,
+                spec,
+                config.policy,
+                config.temperature,
+                learner.run_dir / "eval.jsonl",
+                threads=config.threads,
+            )
+            await learner.heldout.start()
+        elif config.heldout.enabled:
+            log.warning("no spec: the held-out evaluation is off")
+        try:
+            async with trio.open_nursery() as serving:
+                learner.endpoint = await serving.start(server.run)
+                if spec_path is not None:
+                    nursery.start_soon(
+                        evaluate_baselines,
+                        config,
+                        spec_path,
+                        learner.run_dir / "baselines.json",
+                        learner.heldout.cases if learner.heldout else None,
+                    )
+                await learner.train(hub, server)
+                if config.stop_cluster and not learner.stop_requested:
+                    await hub.request("head", Shutdown("training finished"), timeout=30.0)
+                serving.cancel_scope.cancel()
+        finally:
+            if learner.heldout is not None:
+                await learner.heldout.close()
 
 
 def main(argv: list[str] | None = None) -> int:
