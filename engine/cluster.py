@@ -36,7 +36,7 @@ from engine.broker import Broker, BrokerConfig
 from engine.client import HubUnreachable, RemoteError, RequestTimeout, SyncHubClient, local_client
 from engine.env import EnvService
 from engine.hub import Hub
-from engine.logs import configure_logging
+from engine.logs import configure_logging, read_json_lines
 from engine.routing import RouterConfig
 from engine.scheduler import Scheduler
 from engine.security import SecurityError, check_bind, write_keys
@@ -509,22 +509,11 @@ async def drive(head: Head, scheduler: Scheduler) -> dict[str, Any]:
     return summary
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(msgspec.json.decode(line))
-            except msgspec.DecodeError:
-                continue  # a torn last line from a killed learner
-    return rows
-
-
 def learning_summary(run_dir: Path) -> dict[str, Any]:
     """Start and end of the learner's curve: means over its first and last tenth of the steps
     (10 to 50 steps each; one step's 64 episodes are too few to read alone), and the first and
     last held-out evaluations (`eval.jsonl`), when the learner made them."""
-    rows = _json_lines(run_dir / "metrics.jsonl")
+    rows = read_json_lines(run_dir / "metrics.jsonl")
     if not rows:
         return {}
     window = min(50, max(10, len(rows) // 10))
@@ -542,7 +531,7 @@ def learning_summary(run_dir: Path) -> dict[str, Any]:
         "reward_end": mean(last, "reward"),
         "plot": str(run_dir / "learning_curve.png"),
     }
-    evals = _json_lines(run_dir / "eval.jsonl")
+    evals = read_json_lines(run_dir / "eval.jsonl")
     if evals:
         out["heldout"] = {
             "n": evals[-1]["n"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -42,3 +43,16 @@ def configure_logging(json_path: str | Path | None = None, *, console_level: str
         ),
         cache_logger_on_first_use=False,
     )
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file that another process appends to (metrics, evaluations);
+    a torn last line (its writer was killed mid-write) is skipped; a missing file is empty."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

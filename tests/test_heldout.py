@@ -14,8 +14,9 @@ pytest.importorskip("torch")
 
 from actors.lm import PolicyConfig, build_policy  # noqa: E402
 from engine.cluster import format_summary, learning_summary  # noqa: E402
+from engine.logs import read_json_lines  # noqa: E402
 from engine.spec import load_spec  # noqa: E402
-from trainers.heldout import HeldOut, HeldOutConfig, read_evals  # noqa: E402
+from trainers.heldout import HeldOut, HeldOutConfig  # noqa: E402
 from trainers.learner import LearnerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_evaluates_the_given_weights_and_appends_a_line(tmp_path: Path) -> None:
             await h.close()
 
     trio.run(main)
-    lines = read_evals(out)
+    lines = read_json_lines(out)
     assert [(e["step"], e["version"], e["n"]) for e in lines] == [(0, 0, 6), (7, 7, 6)]
     for e in lines:
         for metric in ("accuracy", "reward", "exam_f1"):
@@ -79,7 +80,7 @@ def test_evaluates_the_given_weights_and_appends_a_line(tmp_path: Path) -> None:
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     out = tmp_path / "eval.jsonl"
     out.write_text('{"elapsed_s": 30.0, "version": 3}\n{"elapsed_s": 9')
-    assert read_evals(out) == [{"elapsed_s": 30.0, "version": 3}]
+    assert read_json_lines(out) == [{"elapsed_s": 30.0, "version": 3}]
     assert heldout(out).last_s == 30.0
 
 

@@ -5,7 +5,6 @@ shared by the learner process tests: signals, data-parallel ranks.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from engine.actor import Actor, handles  # noqa: E402
 from engine.broker import Broker  # noqa: E402
 from engine.client import local_client  # noqa: E402
 from engine.hub import Hub  # noqa: E402
+from engine.logs import read_json_lines  # noqa: E402
 from engine.routing import RouterConfig  # noqa: E402
 from engine.worker import serve  # noqa: E402
 from protocols import (  # noqa: E402
@@ -163,10 +163,7 @@ async def start_learner(
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+    return read_json_lines(run_dir / "metrics.jsonl")
 
 
 def checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -190,7 +187,7 @@ async def test_learner_trains_publishes_and_resumes(tmp_path: Path) -> None:
     assert isinstance(stats, BrokerStats)
     assert (stats.acked, stats.pending) == (16, 8)  # 2 steps x 2 groups x 4; 2 groups left
     assert len(head.endpoints) == 1  # one weight server for the whole run
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path)
     assert [x["step"] for x in lines] == [1, 2]
     assert all(x["accuracy"] == 0.5 and x["trajectories"] == 8 for x in lines)
     assert (tmp_path / "checkpoints" / "latest.pt").exists()
@@ -200,7 +197,7 @@ async def test_learner_trains_publishes_and_resumes(tmp_path: Path) -> None:
     # (the broker of this test is new, so it gets the groups again).
     head, _, learner = await run_learner(tmp_path, 3, data)
     assert head.versions == [2, 3] and learner.trainer.steps == 3
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path)
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert lines[2]["elapsed_s"] >= lines[1]["elapsed_s"]
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-__all__ = ["plot_learning_curve", "read_metrics", "smooth"]
+from engine.logs import read_json_lines
+
+__all__ = ["plot_learning_curve", "smooth"]
 
 PANELS = (
     ("reward", "mean reward"),
@@ -28,19 +29,6 @@ PANELS = (
     ("staleness_mean", "staleness (versions)"),
 )
 BASELINE_STYLE = {"random": ("tab:gray", ":"), "heuristic": ("tab:green", "--")}
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Metric lines; a torn last line (the learner was killed mid-write) is skipped."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -61,12 +49,12 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_json_lines(run_dir / "metrics.jsonl")
     if not rows:
         return None
     baselines_path = run_dir / "baselines.json"
     baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else {}
-    evals = read_metrics(run_dir / "eval.jsonl")
+    evals = read_json_lines(run_dir / "eval.jsonl")
     minutes = [r["elapsed_s"] / 60 for r in rows]
     window = max(1, len(rows) // 20)
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.2 * len(PANELS)), sharex=True)

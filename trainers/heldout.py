@@ -28,6 +28,7 @@ import trio
 from actors.hf_agent import HFAgent, HFAgentConfig
 from actors.lm import PolicyConfig
 from engine.actor import Actor
+from engine.logs import read_json_lines
 from engine.spec import ClusterSpec
 from engine.worker import build_actor
 from protocols import Case
@@ -35,7 +36,7 @@ from trainers.eval_agents import Services, evaluate, load_cases, summarise
 
 log = structlog.get_logger("trainers.heldout")
 
-__all__ = ["HeldOut", "HeldOutConfig", "read_evals"]
+__all__ = ["HeldOut", "HeldOutConfig"]
 
 METRICS = ("accuracy", "reward", "exam_f1", "turns")
 
@@ -90,7 +91,7 @@ class HeldOut:
             for name in ("patient", "examiner", "judge")
         }
         self.cases: list[Case] = []
-        evals = read_evals(out)
+        evals = read_json_lines(out)
         self.last_s = evals[-1]["elapsed_s"] if evals else -math.inf  # elapsed at the last eval
         self.version = evals[-1]["version"] if evals else -1  # the version last evaluated
 
@@ -138,15 +139,3 @@ class HeldOut:
         self.last_s, self.version = elapsed_s, version
         log.info("held-out", **{k: v for k, v in line.items() if k != "ci95"})
         return line
-
-
-def read_evals(path: Path) -> list[dict[str, Any]]:
-    """The lines of `eval.jsonl`; a torn last line (a killed learner) is skipped."""
-    rows = []
-    if path.exists():
-        for text in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError:
-                continue
-    return rows
