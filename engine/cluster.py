@@ -118,6 +118,7 @@ class Head:
     learner_version: int = -1  # -1: no learner has announced a version yet
     learner_endpoint: str = ""  # the announcing learner's weight server: changes on a restart
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=256))
+    aborted: bool = False  # a second signal: stopped at once, no summary
 
     def new_version(self, msg: WeightsAvailable) -> None:
         restarted = msg.endpoint != self.learner_endpoint  # a new learner process (its server)
@@ -286,6 +287,33 @@ def start_learners(
     ]
 
 
+class Interrupted(Exception):
+    """`up` was stopped at once by a second signal: learners and workers were stopped, but no
+    summary was written."""
+
+
+async def watch_signals(
+    head: Head, run: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM (`kill`, a container stop) or Ctrl-C stops the run as `engine.cluster down` does:
+    no new episodes, running ones finish, the learners write their checkpoint, the summary is
+    written. A second signal cancels `run` at once (the clean-up of any error still runs:
+    learners first, then the workers)."""
+    assert head.down is not None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if head.down.is_set():
+                log.warning("second signal: stopping now", signal=name)
+                head.aborted = True
+                run.cancel()
+                return
+            log.warning("signal: stopping as `down` would", signal=name)
+            sys.stderr.write(f"dxsim: {name}: stopping (again to stop at once)\n")
+            head.request_down()
+
+
 async def stop_learners(
     supervisor: Supervisor, learners: list[WorkerProcess], grace_s: float = 30.0
 ) -> None:
@@ -364,75 +392,78 @@ async def run_cluster(
     summary: dict[str, Any] = {}
     learners: list[WorkerProcess] = []
     async with trio.open_nursery() as nursery:
+        work = trio.CancelScope()  # what a second signal cancels: not the hub, not the clean-up
+        await nursery.start(watch_signals, head, work)
         endpoints = await nursery.start(hub.run)
         tcp = endpoints[0]
         info = HeadInfo(tcp, os.getpid(), str(run_dir), time.time(), spec_name)
         (run_dir / "head.json").write_bytes(msgspec.json.encode(info))
         (run_dir / "spec.json").write_bytes(msgspec.json.format(msgspec.json.encode(spec)))
         try:
-            await nursery.start(supervisor.run)
-            python = spec.head.python or sys.executable
-            for wname, services in worker_plan(spec).items():
-                hosted = [
-                    Hosted(s.actor, s.config, s.capacity, f"{wname}.{n}" if i else wname)
-                    for i, (n, s) in enumerate(services)
-                ]
-                argv = worker_argv(
-                    python,
-                    tcp,
-                    hosted,
-                    spec.head.heartbeat_s,
-                    run_dir / "workers" / f"{wname}.jsonl",
-                    curve.dir if curve else None,
-                )
-                supervisor.add(wname, argv)
-            client = local_client(hub, nursery, "scheduler")
-            broker_config = BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl"))
-            if spec.learner is not None:
-                batch = spec.learner.groups_per_step * spec.scheduler.group_size
-                head.admission = Admission(batch, spec.learner.max_staleness)
-                broker_config = msgspec.structs.replace(
-                    broker_config,
-                    log_dir=str(run_dir / "broker"),
-                    max_pending=max(
-                        broker_config.max_pending,
-                        4 * (spec.learner.max_staleness + 2) * batch + spec.scheduler.concurrency,
-                    ),
-                )
-            scheduler = Scheduler(
-                client,
-                cases,
-                spec.rules,
-                concurrency=spec.scheduler.concurrency,
-                group_size=spec.scheduler.group_size,
-                seed=spec.scheduler.seed,
-                admit=head.admission.admit if head.admission else None,
-                release=head.admission.finished if head.admission else None,
-            )
-            head.scheduler = scheduler
-            head.broker = Broker(broker_config)
-            env = EnvService(scheduler, nursery)
-            for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
-                await nursery.start(
-                    lambda a=actor, c=capacity, **kw: serve(
-                        a,
-                        inproc,
-                        name=f"{a.service}-head",
-                        capacity=c,
-                        ctx=ctx,
-                        curve=curve,
-                        heartbeat_s=spec.head.heartbeat_s,
-                        **kw,
+            with work:
+                await nursery.start(supervisor.run)
+                python = spec.head.python or sys.executable
+                for wname, services in worker_plan(spec).items():
+                    hosted = [
+                        Hosted(s.actor, s.config, s.capacity, f"{wname}.{n}" if i else wname)
+                        for i, (n, s) in enumerate(services)
+                    ]
+                    argv = worker_argv(
+                        python,
+                        tcp,
+                        hosted,
+                        spec.head.heartbeat_s,
+                        run_dir / "workers" / f"{wname}.jsonl",
+                        curve.dir if curve else None,
                     )
+                    supervisor.add(wname, argv)
+                client = local_client(hub, nursery, "scheduler")
+                broker_config = BrokerConfig(jsonl=str(run_dir / "trajectories.jsonl"))
+                if spec.learner is not None:
+                    batch = spec.learner.groups_per_step * spec.scheduler.group_size
+                    head.admission = Admission(batch, spec.learner.max_staleness)
+                    held = 4 * (spec.learner.max_staleness + 2) * batch
+                    broker_config = msgspec.structs.replace(
+                        broker_config,
+                        log_dir=str(run_dir / "broker"),
+                        max_pending=max(
+                            broker_config.max_pending, held + spec.scheduler.concurrency
+                        ),
+                    )
+                scheduler = Scheduler(
+                    client,
+                    cases,
+                    spec.rules,
+                    concurrency=spec.scheduler.concurrency,
+                    group_size=spec.scheduler.group_size,
+                    seed=spec.scheduler.seed,
+                    admit=head.admission.admit if head.admission else None,
+                    release=head.admission.finished if head.admission else None,
                 )
-            await wait_for_services(hub, spec, supervisor, ready_timeout_s)
-            if head.admission is not None:
-                head.admission.add_accepted(head.broker.core.pending)  # replayed on --resume
-            if spec.learner is not None:
-                learners = start_learners(supervisor, python, tcp, spec, run_dir)
-            log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
-            sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
-            summary = await drive(head, scheduler)
+                head.scheduler = scheduler
+                head.broker = Broker(broker_config)
+                env = EnvService(scheduler, nursery)
+                for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):
+                    await nursery.start(
+                        lambda a=actor, c=capacity, **kw: serve(
+                            a,
+                            inproc,
+                            name=f"{a.service}-head",
+                            capacity=c,
+                            ctx=ctx,
+                            curve=curve,
+                            heartbeat_s=spec.head.heartbeat_s,
+                            **kw,
+                        )
+                    )
+                await wait_for_services(hub, spec, supervisor, ready_timeout_s)
+                if head.admission is not None:
+                    head.admission.add_accepted(head.broker.core.pending)  # replayed on --resume
+                if spec.learner is not None:
+                    learners = start_learners(supervisor, python, tcp, spec, run_dir)
+                log.info("cluster ready", endpoint=tcp, run_dir=str(run_dir))
+                sys.stderr.write(f"dxsim: hub at {tcp}, run directory {run_dir}\n")
+                summary = await drive(head, scheduler)
         finally:
             (run_dir / "head.json").unlink(missing_ok=True)  # `status` now says: not running
             with trio.CancelScope(shield=True):
@@ -440,6 +471,8 @@ async def run_cluster(
                 hub.shutdown_workers("cluster down")
                 await supervisor.stop()
                 nursery.cancel_scope.cancel()
+    if head.aborted:
+        raise Interrupted(f"stopped at once by a second signal; run directory {run_dir}")
     summary["run_dir"] = str(run_dir)
     if spec.learner is not None:
         summary["learning"] = learning_summary(run_dir)
@@ -718,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SecurityError, ValueError) as exc:
         sys.stderr.write(f"engine.cluster {args.command}: {exc}\n")
         return 2
+    except Interrupted as exc:
+        sys.stderr.write(f"engine.cluster {args.command}: {exc}\n")
+        return 130  # as a shell reports a process stopped by Ctrl-C
     except (HubUnreachable, RequestTimeout, RemoteError) as exc:
         sys.stderr.write(f"engine.cluster {args.command}: cluster not reachable: {exc}\n")
         return 3

@@ -251,6 +251,39 @@ def test_env_client_status_and_down(tmp_path: Path) -> None:
     no_strays(proc.pid)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_as_down_does(tmp_path: Path, signum: int) -> None:
+    proc = up(str(fake_spec(tmp_path, 0, concurrency=4)))  # 0: run until stopped
+    endpoint = wait_for_head(tmp_path / "runs", proc)
+    wait_until_done(endpoint, 20, proc)
+    proc.send_signal(signum)
+    out, err = finish(proc, timeout=60)
+    assert f"{signal.Signals(signum).name}: stopping" in err
+    summary, trajectories = load_run(tmp_path / "runs")
+    assert summary["episodes"] == len(trajectories) >= 20  # running episodes finished
+    assert summary["publish_failed"] == 0 and "episodes" in out
+    assert not (tmp_path / "runs" / "latest" / "head.json").exists()
+    no_strays(proc.pid)
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    # Every exam takes 60 s (past the request timeout), so a polite stop would wait for the
+    # running episodes to time out; the second signal does not wait.
+    proc = up(str(fake_spec(tmp_path, 0, delay=60.0, concurrency=4)))
+    wait_for_head(tmp_path / "runs", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the head says it is stopping before it waits for anything
+        if "SIGTERM: stopping" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped at once by a second signal" in err
+    assert not (tmp_path / "runs" / "latest" / "summary.json").exists()
+    no_strays(proc.pid)
+
+
 @pytest.mark.parametrize(
     "old, new, message",
     [

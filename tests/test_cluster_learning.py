@@ -129,7 +129,9 @@ def test_the_multinode_training_spec_is_valid() -> None:
     assert spec.learner.learners == 2 and spec.learner.groups_per_step % 2 == 0
 
 
-def test_down_stops_two_learner_ranks_with_a_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["down", "SIGINT"])
+def test_down_stops_two_learner_ranks_with_a_checkpoint(tmp_path: Path, stop: str) -> None:
+    """`engine.cluster down`, or Ctrl-C on `up`: the ranks finish their step and checkpoint."""
     import torch
 
     default = (ROOT / "engine" / "default.toml").read_text()
@@ -143,9 +145,13 @@ def test_down_stops_two_learner_ranks_with_a_checkpoint(tmp_path: Path) -> None:
         if (runs / "latest").exists():
             run = (runs / "latest").resolve()
         subprocess.run([sys.executable, "-c", "pass"], check=True)  # paces the loop
-    down = [sys.executable, "-m", "engine.cluster", "down", "--run-dir", str(runs)]
-    subprocess.run(down, cwd=ROOT, check=True, capture_output=True, timeout=60)
-    finish(proc, timeout=300)
+    if stop == "down":
+        down = [sys.executable, "-m", "engine.cluster", "down", "--run-dir", str(runs)]
+        subprocess.run(down, cwd=ROOT, check=True, capture_output=True, timeout=60)
+    else:
+        proc.send_signal(signal.SIGINT)
+    out, _ = finish(proc, timeout=300)
+    assert "learner accuracy first -> last" in out  # the summary, as after a finished run
     lines = metrics(run)
     assert [m["step"] for m in lines] == list(range(1, len(lines) + 1))
     assert all(m["trajectories"] == 64 for m in lines)  # the global batch, from rank 0 only
