@@ -9,7 +9,9 @@ turn), so a run is reproducible for fixed weights whatever the batching.
 
 Weights: `on_weights` fetches a published version from the learner's weight server, unpacks
 (checksums verified) and stages it; it is applied between batches, whole or not at all. A fetch
-or a payload that fails leaves the served version unchanged.
+or a payload that fails leaves the served version unchanged. Once a version is loaded into the
+model its blob is kept as the next fetch's buffer (`WeightClient.fetch(into=)`): touching a fresh
+blob's pages costs about as much CPU as hashing it.
 """
 
 from __future__ import annotations
@@ -88,12 +90,20 @@ class _Pending:
 
 
 async def _fetch_from_server(
-    msg: WeightsAvailable, timeout_s: float
+    msg: WeightsAvailable, timeout_s: float, into: bytearray | None = None
 ) -> tuple[WeightManifest, dict[str, memoryview]]:
     from engine.weights import WeightClient, unpack  # type: ignore[import-not-found,unused-ignore]
 
-    manifest, blob = await WeightClient(msg.endpoint, timeout_s=timeout_s).fetch(msg.version)
+    client = WeightClient(msg.endpoint, timeout_s=timeout_s)
+    manifest, blob = await client.fetch(msg.version, into=into)
     return manifest, unpack(manifest, blob, verify=False)  # the fetch verified every tensor
+
+
+def _blob_of(named: dict[str, memoryview]) -> bytearray | None:
+    """The buffer a fetched version's views point into, to receive the next version into."""
+    for view in named.values():
+        return view.obj if isinstance(view.obj, bytearray) else None
+    return None
 
 
 class HFAgent(Actor):
@@ -102,7 +112,6 @@ class HFAgent(Actor):
 
     def __init__(self, config: HFAgentConfig | None = None, *, fetch: Fetch | None = None) -> None:
         super().__init__(config or HFAgentConfig())
-        cfg: HFAgentConfig = self.config
         self.policy: Policy | None = None
         self.batches = 0  # batches generated
         self.served = 0  # requests answered
@@ -112,7 +121,11 @@ class HFAgent(Actor):
         # it replaces the served weights even with a lower version.
         self._source = ""
         self._staged: tuple[int, WeightManifest, dict[str, memoryview], str] | None = None
-        self._fetch = fetch or (lambda m: _fetch_from_server(m, cfg.fetch_timeout_s))
+        # The blob of a version already loaded into the model (or dropped unloaded): no view of
+        # it is read again, so the next default fetch receives into it. Taken by one fetch at a
+        # time; a failed fetch leaves it garbage and it is not returned.
+        self._spare: bytearray | None = None
+        self._fetch = fetch or self._fetch_into_spare
         self._send, self._receive = trio.open_memory_channel[_Pending](math.inf)
         self._model_lock = trio.Lock()  # held while the model is read (generation) or written
 
@@ -251,10 +264,25 @@ class HFAgent(Actor):
             return
         current = self._staged[0] if self._staged else self._version
         if manifest.version > current or restarted:
+            if self._staged is not None:
+                self._recycle(self._staged[2])  # superseded before it was loaded
             self._staged = (manifest.version, manifest, named, msg.endpoint)
             log.info("weights staged", version=manifest.version)
+        else:
+            self._recycle(named)
         # apply now if the model is free (else right after the batch being generated)
         await self._apply_staged()
+
+    async def _fetch_into_spare(
+        self, msg: WeightsAvailable
+    ) -> tuple[WeightManifest, dict[str, memoryview]]:
+        spare, self._spare = self._spare, None
+        return await _fetch_from_server(msg, self.config.fetch_timeout_s, spare)
+
+    def _recycle(self, named: dict[str, memoryview]) -> None:
+        blob = _blob_of(named)
+        if blob is not None:
+            self._spare = blob
 
     async def _apply_staged(self) -> None:
         """Load the staged version, if any, between batches (under the model lock)."""
@@ -263,9 +291,9 @@ class HFAgent(Actor):
             if staged is None or self.policy is None:
                 return
             version, manifest, named, source = staged
-            if version <= self._version and (source == self._source or not self._source):
-                return
             try:
+                if version <= self._version and (source == self._source or not self._source):
+                    return
                 await trio.to_thread.run_sync(load_tensors, self.policy.model, named, manifest)
             except ValueError as exc:
                 log.warning(
@@ -275,6 +303,8 @@ class HFAgent(Actor):
                     error=str(exc),
                 )
                 return
+            finally:
+                self._recycle(named)  # loaded (copied into the model) or dropped
             self._version = version
             self._source = source
             log.info("weights applied", version=version, source=source)

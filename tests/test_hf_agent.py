@@ -243,6 +243,17 @@ async def test_weights_from_a_real_weight_server_and_a_corrupted_version() -> No
         async with connect(ep) as client:
             replies = await ask_all(client, requests(3))
             assert {r.policy_version for r in replies} == {1}
+
+        # Once loaded, a version's blob receives the next one (no fresh memory per version); the
+        # failed fetch above left its buffer garbage, so v3 came into a fresh one.
+        later = [build_policy(msgspec.structs.replace(TINY, seed=s)).model for s in (3, 4)]
+        for version, model in enumerate(later, start=3):
+            server.publish(*pack(version, state_tensors(model), chunk_bytes=1 << 16))
+            before = agent._spare
+            await agent.on_weights(WeightsAvailable(version, endpoint))
+            assert agent.policy_version == version
+            assert [raw for *_, raw in agent.weights()] == [raw for *_, raw in state_tensors(model)]
+            assert agent._spare is not None and (version == 3) == (agent._spare is not before)
         nursery.cancel_scope.cancel()
 
 

@@ -88,9 +88,10 @@ def load_tensors(model: Any, named: dict[str, memoryview], manifest: WeightManif
         raw = named[name]
         if raw.nbytes != want:
             raise ValueError(f"{name}: {raw.nbytes} bytes, expected {want}")
-        data = (
-            torch.frombuffer(bytearray(raw), dtype=dtype) if want else torch.empty(0, dtype=dtype)
-        )
+        # A writable view (a fetched blob) is read in place: load_state_dict copies it into the
+        # model. A read-only one (bytes from a checkpoint file) is copied, as frombuffer needs.
+        buffer = bytearray(raw) if raw.readonly else raw
+        data = torch.frombuffer(buffer, dtype=dtype) if want else torch.empty(0, dtype=dtype)
         staged[name] = data.reshape(e.shape)
         if not torch.isfinite(staged[name]).all():
             raise ValueError(f"{name}: non-finite values")
