@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +240,14 @@ def _length_buckets(lengths: Sequence[int]) -> list[list[int]]:
     return buckets
 
 
+@functools.cache
+def _cache_kwarg(model_class: type) -> str:
+    """The KV cache's keyword: `cache` in recent transformers, where `past_key_values` is
+    deprecated (removed in 5.40); `past_key_values` where `cache` does not exist yet."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _generate_bucket(
     policy: Policy,
     prompts: Sequence[Sequence[int]],
@@ -258,7 +267,7 @@ def _generate_bucket(
     nodes = [0] * n
     out: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n)]
     done = [False] * n
-    cache = DynamicCache(config=model.config)
+    cache = {_cache_kwarg(type(model.model)): DynamicCache(config=model.config)}
     with torch.no_grad():
         step_ids, step_pos = ids, pos
         for _ in range(limit):
@@ -266,8 +275,8 @@ def _generate_bucket(
                 input_ids=step_ids,
                 attention_mask=att,
                 position_ids=step_pos,
-                past_key_values=cache,
                 use_cache=True,
+                **cache,
             ).last_hidden_state[:, -1]
             logits = model.lm_head(hidden).float() / temperature
             mask = torch.stack([g.node_mask(nd) for g, nd in zip(grammars, nodes, strict=True)])
