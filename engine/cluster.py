@@ -132,8 +132,20 @@ class Head:
             self.admission.rebase(msg.version, self.broker.core.pending)
         self.learner_version = msg.version if restarted else max(self.learner_version, msg.version)
         self.learner_endpoint = msg.endpoint
+        self.end_warmup()
         self.hub.broadcast_weights(msg)
         log.info("weights version", version=msg.version, endpoint=msg.endpoint)
+
+    def end_warmup(self) -> None:
+        """Episodes start with the spec's rules from the warm-up's last version on."""
+        warmup = self.spec.scheduler.warmup
+        scheduler = self.scheduler
+        if scheduler is None or scheduler.rules == self.spec.rules:
+            return
+        if self.learner_version >= warmup.versions:
+            scheduler.rules = self.spec.rules
+            turns = scheduler.rules.max_turns
+            log.info("warm-up over", version=self.learner_version, max_turns=turns)
 
     def finished(self, t: Trajectory) -> None:
         self.recent.append(bool(t.verdict and t.verdict.correct))
@@ -430,10 +442,14 @@ async def run_cluster(
                             broker_config.max_pending, held + spec.scheduler.concurrency
                         ),
                     )
+                warmup = spec.scheduler.warmup
+                rules = spec.rules
+                if warmup.versions and spec.learner is not None:
+                    rules = msgspec.structs.replace(rules, max_turns=warmup.max_turns)
                 scheduler = Scheduler(
                     client,
                     cases,
-                    spec.rules,
+                    rules,
                     concurrency=spec.scheduler.concurrency,
                     group_size=spec.scheduler.group_size,
                     seed=spec.scheduler.seed,
@@ -441,6 +457,7 @@ async def run_cluster(
                     release=head.admission.finished if head.admission else None,
                 )
                 head.scheduler = scheduler
+                head.end_warmup()  # a resumed run may be past it
                 head.broker = Broker(broker_config)
                 env = EnvService(scheduler, nursery)
                 for actor, capacity in ((head.broker, 4096), (env, 4096), (HeadControl(head), 16)):

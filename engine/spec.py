@@ -43,6 +43,16 @@ class HeadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     python: str = ""  # interpreter for worker processes; default: this one
 
 
+class WarmupSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A curriculum's first stage: until the learner announces version `versions`, episodes
+    start with at most `max_turns` turns (1: diagnose from the presentation alone, a contextual
+    bandit the policy learns several times faster), then with the spec's `rules`. Held-out
+    evaluations and baselines always use `rules`. `versions = 0`: off."""
+
+    versions: int = 0
+    max_turns: int = 1
+
+
 class SchedulerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     episodes: int = 500  # 0: run until `engine.cluster down`
     concurrency: int = 64
@@ -50,6 +60,7 @@ class SchedulerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
     cases: str = "cases.bank:builtin"  # import string of a function returning a list of Case
     cases_args: dict[str, Any] = {}
+    warmup: WarmupSpec = WarmupSpec()
 
 
 class LearnerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -117,6 +128,14 @@ class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"rules.dialect {self.rules.dialect!r} is not one of {DIALECTS}")
         if self.rules.max_turns < 1 or self.rules.attempts < 1:
             raise ValueError("rules.max_turns and rules.attempts must be at least 1")
+        warmup = self.scheduler.warmup
+        if warmup.versions < 0 or not 1 <= warmup.max_turns <= self.rules.max_turns:
+            raise ValueError(
+                "scheduler.warmup: versions must be >= 0 and max_turns between 1 and "
+                f"rules.max_turns ({self.rules.max_turns})"
+            )
+        if warmup.versions and self.learner is None:
+            raise ValueError("scheduler.warmup counts learner versions: it needs a [learner]")
         if self.learner is not None:
             if self.learner.groups_per_step < 1 or self.learner.max_staleness < 0:
                 raise ValueError(
