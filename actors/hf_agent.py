@@ -28,9 +28,9 @@ from actors.lm import (
     Policy,
     PolicyConfig,
     build_policy,
-    encode_prompt,
     generate,
     load_tensors,
+    request_prompt,
     state_tensors,
 )
 from engine.actor import Actor, ActorError, handles
@@ -217,9 +217,7 @@ class HFAgent(Actor):
         policy = self.policy
         assert policy is not None
         version = self._version
-        prompts = [
-            encode_prompt(policy, r.intro, r.steps, final=self._final_turn(r)) for r in requests
-        ]
+        prompts = [request_prompt(policy, r) for r in requests]
         seeds = [sample_seed(cfg.seed, r.episode_id, r.turn or len(r.steps)) for r in requests]
         outs = generate(policy, prompts, temperature=cfg.temperature, seeds=seeds)
         replies = []
@@ -235,13 +233,6 @@ class HFAgent(Actor):
                 )
             )
         return replies
-
-    def _final_turn(self, request: ActRequest) -> bool:
-        """The episode's last turn (by the intro's `max_turns`): a diagnosis must come now."""
-        cfg: HFAgentConfig = self.config
-        limit = request.intro.max_turns
-        turn = request.turn or len(request.steps)
-        return cfg.policy.final_diagnosis and limit > 0 and turn >= limit - 1
 
     # --- weights --------------------------------------------------------------------------------
 

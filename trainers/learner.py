@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -60,6 +61,7 @@ from engine.spec import ClusterSpec
 from engine.weights import WeightServer, pack
 from protocols import Ack, Case, Filtered, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
 from trainers.batch import TrainBatch, build_batch, has_signal
+from trainers.demos import DemosConfig, clone, collect
 from trainers.distributed import Group, Solo, parse_address
 from trainers.heldout import HeldOut, HeldOutConfig
 from trainers.trainer import OptimConfig, Trainer
@@ -108,6 +110,9 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     baseline_cases: int = 300  # the first cases of the spec's set, when there is no held-out set
     heldout: HeldOutConfig = HeldOutConfig()
+    # A cold start: clone a scripted demonstrator's episodes before the first GRPO step
+    # (`trainers.demos`); off unless `demos.agent` names one.
+    demos: DemosConfig = DemosConfig()
     stop_cluster: bool = True  # ask the head to shut the cluster down when training ends
     # Data-parallel ranks wait for each other in collectives; one rank may wait out a long pull
     # (a restarted learner waits up to `lease_s` for its groups), so this exceeds `lease_s`.
@@ -283,6 +288,35 @@ class Learner:
                 version=self.trainer.version,
                 elapsed_s=self.elapsed_s,
             )
+
+    async def cold_start(self, spec: ClusterSpec | None) -> None:
+        """Clone the demonstrator (`config.demos`) into a fresh policy: rank 0 collects and
+        trains, every rank then takes its weights, and the result is version 1 (checkpointed, so
+        a resumed run does not clone again). The held-out evaluation runs before and after."""
+        demos = self.config.demos
+        if not demos.enabled or self.trainer.version > 0:
+            return
+        if spec is None:
+            log.warning("no spec: no demonstrations to clone")
+            return
+        if self.lead:
+            await self.evaluate()
+            rows = await collect(demos, spec, self.trainer.policy)
+            stats = await trio.to_thread.run_sync(
+                lambda: clone(
+                    self.trainer.policy, rows, demos, temperature=self.trainer.temperature
+                )
+            )
+            (self.run_dir / "demos.json").write_text(
+                json.dumps({"agent": demos.agent, **stats, "elapsed_s": self.elapsed_s})
+            )
+        await trio.to_thread.run_sync(self.group.broadcast_parameters, self.trainer.model)
+        self.trainer.version += 1
+        if self.lead:
+            if self.heldout is not None:
+                self.heldout.last_s = -math.inf  # due now: the cloned policy's level
+            await self.evaluate()
+            await self.persist(plot=False)
 
     async def train(self, hub: HubClient, server: WeightServer | None) -> None:
         if server is not None:
@@ -477,12 +511,13 @@ async def run_rank(
     if not learner.lead:
         name += f"-rank{learner.group.rank}"
     async with connect(hub_endpoint, name=name, curve=curve) as hub:
+        spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec) if spec_path else None
         if not learner.lead:
+            await learner.cold_start(spec)
             await learner.train(hub, None)
             return
         server = WeightServer(config.weights_bind, curve=curve)
-        if config.heldout.enabled and spec_path is not None:
-            spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
+        if config.heldout.enabled and spec is not None:
             learner.heldout = HeldOut(
                 config.heldout,
                 spec,
@@ -505,6 +540,7 @@ async def run_rank(
                         learner.run_dir / "baselines.json",
                         learner.heldout.cases if learner.heldout else None,
                     )
+                await learner.cold_start(spec)
                 await learner.train(hub, server)
                 if config.stop_cluster and not learner.stop_requested:
                     await hub.request("head", Shutdown("training finished"), timeout=30.0)

@@ -17,7 +17,7 @@ from actors.lm._config import PolicyConfig
 from actors.lm._grammar import ActionGrammar
 from actors.lm._prompt import intro_text, step_text
 from actors.lm._tokenizer import ACT, BOS, DX, PAD, build_tokenizer
-from protocols.messages import Intro, Step
+from protocols.messages import ActRequest, Intro, Step
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,7 @@ __all__ = [
     "build_policy",
     "encode_prompt",
     "generate",
+    "request_prompt",
     "sequence_logprobs",
     "sequence_scores",
     "span_scores",
@@ -139,6 +140,15 @@ def encode_prompt(
         room -= len(ids)
     cue = policy.dx_id if final else policy.act_id
     return [*head, *(t for ids in reversed(kept) for t in ids), cue]
+
+
+def request_prompt(policy: Policy, request: ActRequest) -> list[int]:
+    """The prompt of an agent turn: `encode_prompt`, with the `<|dx|>` cue on the episode's last
+    turn (by the intro's `max_turns`) when the config asks for a final diagnosis."""
+    limit = request.intro.max_turns
+    turn = request.turn or len(request.steps)
+    final = policy.config.final_diagnosis and limit > 0 and turn >= limit - 1
+    return encode_prompt(policy, request.intro, request.steps, final=final)
 
 
 def _batch(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, ...]:

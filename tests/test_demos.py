@@ -1,0 +1,155 @@
+"""The cold start: a scripted demonstrator's episodes recorded as the `hf` policy's tokens, cloned
+into the policy before GRPO, once per run; bad settings fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+from actors.agent import HeuristicAgent, HeuristicAgentConfig  # noqa: E402
+from actors.lm import PolicyConfig, build_policy, request_prompt, span_scores  # noqa: E402
+from engine.actor import ConfigError  # noqa: E402
+from engine.spec import load_spec  # noqa: E402
+from protocols import OrderExam, unpack_ids  # noqa: E402
+from protocols.messages import ActRequest, Intro  # noqa: E402
+from trainers.demos import DemosConfig, Recorder, clone, collect  # noqa: E402
+from trainers.learner import Learner, LearnerConfig  # noqa: E402
+from trainers.trainer import OptimConfig, Trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = PolicyConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=600)
+CLINICIAN = "actors.agent:HeuristicAgent"
+ONE_EXAM = {"max_exams_per_order": 1}  # the policy's grammar orders one exam per action
+
+
+def spec():  # type: ignore[no-untyped-def]
+    return load_spec(ROOT / "engine" / "default.toml")
+
+
+def demos(**kw: object) -> DemosConfig:
+    return DemosConfig(
+        **{"agent": CLINICIAN, "agent_config": ONE_EXAM, "cases": 24, "steps": 20, **kw}
+    )
+
+
+def test_a_recorded_turn_is_the_prompt_and_action_tokens_the_hf_agent_would_have_used() -> None:
+    policy = build_policy(TINY)
+    recorder = Recorder(HeuristicAgent(HeuristicAgentConfig(max_exams_per_order=1)), policy)
+    for max_turns, cue in ((4, policy.act_id), (1, policy.dx_id)):  # a last turn only diagnoses
+        intro = Intro(age=52, sex="male", chief_complaint="cough", max_turns=max_turns)
+        request = ActRequest(episode_id="e", intro=intro, steps=[])
+        reply = trio.run(recorder.act, request)
+        prompt = unpack_ids(reply.prompt_ids)
+        assert prompt == request_prompt(policy, request) and prompt[-1] == cue
+        assert policy.grammar.action_of(unpack_ids(reply.token_ids)) == reply.text
+        assert reply.action is None  # the episode parses the text, as it parses the hf agent's
+    assert reply.text.startswith("<diagnosis>") and "<differential>" not in reply.text
+
+
+def test_an_action_outside_the_grammar_is_passed_on_without_tokens() -> None:
+    class TwoExams(HeuristicAgent):
+        def decide(self, request: ActRequest) -> OrderExam:  # type: ignore[override]
+            return OrderExam(names=["sodium", "potassium"])
+
+    recorder = Recorder(TwoExams(), build_policy(TINY))
+    intro = Intro(age=52, sex="male", chief_complaint="cough", max_turns=4)
+    reply = trio.run(recorder.act, ActRequest(episode_id="e", intro=intro, steps=[]))
+    assert reply.action == OrderExam(names=["sodium", "potassium"]) and not reply.token_ids
+
+
+def test_collected_rows_are_whole_correct_episodes_and_cloning_makes_them_likelier() -> None:
+    policy = build_policy(TINY)
+    rows = trio.run(collect, demos(), spec(), policy)
+    assert 0 < len(rows) <= 24  # one packed row per cloned episode
+    for row in rows:
+        completions = [row.ids[s : s + n] for s, n in row.spans]
+        actions = [policy.grammar.action_of(c) for c in completions]
+        assert actions[-1].startswith("<diagnosis>")  # every episode ends in its diagnosis
+        assert all(not a.startswith("<diagnosis>") for a in actions[:-1])
+        assert row.ids[row.spans[-1][0] - 1] == policy.dx_id or len(row.spans) < 4
+
+    def mean_logprob() -> float:
+        with torch.no_grad():
+            lps, _ = span_scores(policy, [r.ids for r in rows], [r.spans for r in rows])
+        return float(torch.cat(lps).mean())
+
+    before = mean_logprob()
+    stats = clone(policy, rows, demos(steps=30, batch=8))
+    assert stats["steps"] == 30 and stats["rows"] == len(rows)
+    assert mean_logprob() > before + 1.0  # nats per action token
+    # with every episode, wrong ones too, there are at least as many rows
+    assert len(trio.run(collect, demos(correct_only=False), spec(), policy)) >= len(rows)
+
+
+def test_multi_exam_orders_are_not_cloned() -> None:
+    policy = build_policy(TINY)
+    one = trio.run(collect, demos(), spec(), policy)
+    try:
+        many = trio.run(collect, demos(agent_config={}), spec(), policy)  # orders exam panels
+    except ValueError as exc:  # every episode ordered a panel
+        assert "can be cloned" in str(exc)
+        return
+    assert len(many) < len(one)
+    for row in many:
+        for s, n in row.spans:
+            assert not policy.grammar.action_of(row.ids[s : s + n]).count("<exam>") > 1
+
+
+def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
+    tmp_path: Path,
+) -> None:
+    config = LearnerConfig(policy=TINY, optim=OptimConfig(), demos=demos(steps=5))
+
+    def learner() -> Learner:
+        return Learner(config, 1, tmp_path, Trainer(TINY, OptimConfig()))
+
+    first = learner()
+    trio.run(first.cold_start, spec())
+    assert first.trainer.version == 1 and first.trainer.steps == 0
+    record = json.loads((tmp_path / "demos.json").read_text())
+    assert record["agent"] == CLINICIAN and record["steps"] == 5
+    fresh = build_policy(TINY).model.state_dict()
+    cloned = first.trainer.model.state_dict()
+    assert any(not torch.equal(fresh[k], cloned[k]) for k in fresh)
+
+    (tmp_path / "demos.json").unlink()
+    again = learner()
+    assert again.resume() and again.trainer.version == 1
+    trio.run(again.cold_start, spec())
+    assert not (tmp_path / "demos.json").exists()  # nothing cloned twice
+    for k, v in again.trainer.model.state_dict().items():
+        assert torch.equal(v, cloned[k]), k
+
+
+def test_no_spec_means_no_cold_start(tmp_path: Path) -> None:
+    learner = Learner(
+        LearnerConfig(policy=TINY, demos=demos()), 1, tmp_path, Trainer(TINY, OptimConfig())
+    )
+    trio.run(learner.cold_start, None)
+    assert learner.trainer.version == 0
+
+
+def test_bad_settings_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="DemosConfig"):
+        DemosConfig(agent=CLINICIAN, minutes=0)
+    with pytest.raises(msgspec.ValidationError, match="agnt"):
+        msgspec.convert({"demos": {"agnt": CLINICIAN}}, LearnerConfig)
+    with pytest.raises(ConfigError, match="NoSuchAgent"):
+        trio.run(collect, demos(agent="actors.agent:NoSuchAgent"), spec(), build_policy(TINY))
+    with pytest.raises(ConfigError, match="max_exams"):
+        trio.run(collect, demos(agent_config={"max_exams": 1}), spec(), build_policy(TINY))
+
+
+def test_the_default_clones_the_clinician() -> None:
+    learner = spec().learner
+    assert learner is not None
+    config = msgspec.convert(learner.config, LearnerConfig)
+    assert config.demos.agent == CLINICIAN and config.demos.agent_config == ONE_EXAM
