@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,19 @@ from tests.test_cluster import ROOT, finish, no_strays, up
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.timeout(600)
+
+
+def default_spec(tmp_path: Path, learners: int = 1) -> Path:
+    """The embedded default with a short cold start (64 demonstration cases, 3 updates): the
+    clone still makes version 1, so version = steps + 1 below."""
+    text = (ROOT / "engine" / "default.toml").read_text()
+    text, n = re.subn(r"^(demos = .*) }$", r"\1, cases = 64, steps = 3 }", text, flags=re.M)
+    assert n == 1, "the default's demos line"
+    if learners > 1:
+        text = text.replace("groups_per_step = 8", f"groups_per_step = 8\nlearners = {learners}")
+    spec = tmp_path / "default.toml"
+    spec.write_text(text)
+    return spec
 
 
 def metrics(run: Path) -> list[dict]:
@@ -46,11 +60,13 @@ def check_trajectories(run: Path, max_version: int) -> None:
 
 def test_default_trains_then_resumes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    out, err = finish(up("--run-dir", str(runs), "--steps", "3"), timeout=500)
+    spec = default_spec(tmp_path)
+    out, err = finish(up(str(spec), "--run-dir", str(runs), "--steps", "3"), timeout=500)
     run = (runs / "latest").resolve()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["publish_failed"] == 0 and summary["aborted"] == 0
-    assert summary["policy_version"] == 3
+    assert summary["policy_version"] == 4  # the clone, then 3 steps
+    assert json.loads((run / "demos.json").read_text())["steps"] == 3
     assert summary["learning"]["steps"] == 3
     assert [m["step"] for m in metrics(run)] == [1, 2, 3]
     assert all(m["trajectories"] == 64 for m in metrics(run))
@@ -61,23 +77,25 @@ def test_default_trains_then_resumes(tmp_path: Path) -> None:
     assert "learner accuracy first -> last" in out and "learning curve" in out
     # the policy on the 300 held-out cases at step 0 and at the end, the baselines on the same
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
-    assert [(e["step"], e["n"]) for e in evals] == [(0, 300), (3, 300)]
+    # before and after the clone, and at the end
+    steps = [(e["step"], e["version"], e["n"]) for e in evals]
+    assert steps == [(0, 0, 300), (0, 1, 300), (3, 4, 300)]
     assert baselines["heuristic"]["n"] == 300
     assert summary["learning"]["heldout"]["n"] == 300 and "held-out accuracy" in out
-    check_trajectories(run, 3)
+    check_trajectories(run, 4)
     no_strays(os.getpid())
 
     # --resume: same run directory, the broker replays its log, the learner its checkpoint.
-    out, _ = finish(up("--run-dir", str(runs), "--resume", "--steps", "5"), timeout=500)
+    out, _ = finish(up(str(spec), "--run-dir", str(runs), "--resume", "--steps", "5"), timeout=500)
     assert (runs / "latest").resolve() == run
     lines = metrics(run)
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5]
-    assert [m["version"] for m in lines] == [1, 2, 3, 4, 5]
+    assert [m["version"] for m in lines] == [2, 3, 4, 5, 6]  # not cloned again
     assert lines[3]["elapsed_s"] >= lines[2]["elapsed_s"]
-    assert json.loads((run / "summary.json").read_text())["policy_version"] == 5
+    assert json.loads((run / "summary.json").read_text())["policy_version"] == 6
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [0, 3, 5]  # resumed on schedule, then the end
-    check_trajectories(run, 5)
+    assert [e["step"] for e in evals] == [0, 0, 3, 5]  # resumed on schedule, then the end
+    check_trajectories(run, 6)
 
 
 def learner_process(head_pid: int) -> psutil.Process | None:
@@ -92,7 +110,7 @@ def learner_process(head_pid: int) -> psutil.Process | None:
 
 def test_killed_learner_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    proc = up("--run-dir", str(runs), "--steps", "20")
+    proc = up(str(default_spec(tmp_path)), "--run-dir", str(runs), "--steps", "20")
     run = None
     while run is None or len(metrics(run)) < 11:  # past the checkpoint at step 10
         assert proc.poll() is None, proc.communicate()
@@ -108,7 +126,7 @@ def test_killed_learner_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     restart = steps.index(11, steps.index(11) + 1)  # the resumed learner redid step 11 onward
     assert steps[restart:] == list(range(11, 21))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["policy_version"] == 20 and summary["publish_failed"] == 0
+    assert summary["policy_version"] == 21 and summary["publish_failed"] == 0
     assert "worker process died; restarting" in (run / "head.jsonl").read_text()
 
 
@@ -126,6 +144,7 @@ def test_the_multinode_training_spec_is_valid() -> None:
     assert spec.learner is not None
     config = msgspec.convert(spec.learner.config, LearnerConfig)
     assert config.policy.hidden == 256 and spec.services["agent"].workers == 4
+    assert config.demos.enabled and config.demos.cases == 20000
     assert spec.learner.learners == 2 and spec.learner.groups_per_step % 2 == 0
 
 
@@ -134,9 +153,7 @@ def test_down_stops_two_learner_ranks_with_a_checkpoint(tmp_path: Path, stop: st
     """`engine.cluster down`, or Ctrl-C on `up`: the ranks finish their step and checkpoint."""
     import torch
 
-    default = (ROOT / "engine" / "default.toml").read_text()
-    spec = tmp_path / "two-learners.toml"
-    spec.write_text(default.replace("groups_per_step = 8", "groups_per_step = 8\nlearners = 2"))
+    spec = default_spec(tmp_path, learners=2)
     runs = tmp_path / "runs"
     proc = up(str(spec), "--run-dir", str(runs), "--steps", "1000")
     run = None

@@ -55,6 +55,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
     baselines_path = run_dir / "baselines.json"
     baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else {}
     evals = read_json_lines(run_dir / "eval.jsonl")
+    demos_path = run_dir / "demos.json"  # the cold start: shaded up to where GRPO began
+    cloned_min = json.loads(demos_path.read_text())["elapsed_s"] / 60 if demos_path.exists() else 0
     minutes = [r["elapsed_s"] / 60 for r in rows]
     window = max(1, len(rows) // 20)
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.2 * len(PANELS)), sharex=True)
@@ -81,6 +83,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
                 capsize=2,
                 label=f"hf agent, {held[-1]['n']} held-out cases",
             )
+        if cloned_min:
+            ax.axvspan(0, cloned_min, color="tab:green", alpha=0.08, label="cloning (demos)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)

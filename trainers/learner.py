@@ -32,7 +32,9 @@ resume from the last checkpoint.
 At start rank 0 also evaluates the scripted baselines (random and the naive-Bayes clinician) in
 process under the spec's rules and Patient / Examiner / Judge, for the learning-curve plot. With
 `heldout.cases` set, it evaluates the policy itself on those cases every `heldout.every_min`
-minutes (`eval.jsonl`, `trainers.heldout`), and the baselines run on the same cases.
+minutes (`eval.jsonl`, `trainers.heldout`), and the baselines run on the same cases. With
+`demos.agent` set, a fresh run first clones that scripted demonstrator's episodes
+(`trainers.demos`): rank 0 trains, every rank takes its weights, and that is version 1.
 """
 
 from __future__ import annotations
