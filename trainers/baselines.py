@@ -17,7 +17,7 @@ import msgspec
 from engine.spec import ClusterSpec
 from engine.worker import build_actor, resolve
 from protocols import Case
-from trainers.eval_agents import Services, evaluate, summarise
+from trainers.eval_agents import Services, evaluate, spec_actors, summarise
 
 __all__ = ["run_baselines"]
 
@@ -30,10 +30,7 @@ async def run_baselines(
     spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
     if cases is None:
         cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
-    shared = {
-        name: build_actor(spec.services[name].actor, spec.services[name].config)
-        for name in ("patient", "examiner", "judge")
-    }
+    shared = spec_actors(spec)
     out: dict[str, Any] = {}
     for actor in shared.values():
         await actor.start()

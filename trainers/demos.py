@@ -35,7 +35,7 @@ from protocols.arrays import pack_floats, pack_ids
 from protocols.dialects import get_dialect
 from protocols.messages import ActReply, ActRequest
 from trainers.batch import Row, build_batch
-from trainers.eval_agents import Services, evaluate
+from trainers.eval_agents import Services, evaluate, spec_actors
 
 log = structlog.get_logger("trainers.demos")
 
@@ -105,10 +105,7 @@ class Recorder(Actor):
 async def collect(config: DemosConfig, spec: ClusterSpec, policy: Policy) -> list[Row]:
     """Play the demonstrator on the first `config.cases` training cases; the rows to clone."""
     cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[: config.cases]
-    shared = {
-        name: build_actor(spec.services[name].actor, spec.services[name].config)
-        for name in ("patient", "examiner", "judge")
-    }
+    shared = spec_actors(spec)
     demonstrator = build_actor(config.agent, config.agent_config)
     actors = [*shared.values(), demonstrator]
     for actor in actors:

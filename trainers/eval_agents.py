@@ -35,6 +35,7 @@ import trio
 
 from engine.actor import Actor, is_async
 from engine.episode import Call, Episode, EpisodeError, Finish, Rules
+from engine.spec import ClusterSpec
 from engine.worker import build_actor, resolve
 from protocols import Case, Trajectory
 
@@ -175,6 +176,14 @@ class Services:
         if is_async(handler):
             return await handler(request)
         return handler(request)
+
+
+def spec_actors(spec: ClusterSpec) -> dict[str, Actor]:
+    """The spec's Patient, Examiner and Judge, built in this process (the agent is the caller's)."""
+    return {
+        name: build_actor(spec.services[name].actor, spec.services[name].config)
+        for name in ("patient", "examiner", "judge")
+    }
 
 
 async def run_episode(services: Services, episode: Episode) -> Trajectory:

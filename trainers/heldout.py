@@ -30,9 +30,8 @@ from actors.lm import PolicyConfig
 from engine.actor import Actor
 from engine.logs import read_json_lines
 from engine.spec import ClusterSpec
-from engine.worker import build_actor
 from protocols import Case
-from trainers.eval_agents import Services, evaluate, load_cases, summarise
+from trainers.eval_agents import Services, evaluate, load_cases, spec_actors, summarise
 
 log = structlog.get_logger("trainers.heldout")
 
@@ -86,10 +85,7 @@ class HeldOut:
                 policy=policy, temperature=temperature, max_batch=config.max_batch, threads=threads
             )
         )
-        self.services: dict[str, Actor] = {
-            name: build_actor(spec.services[name].actor, spec.services[name].config)
-            for name in ("patient", "examiner", "judge")
-        }
+        self.services: dict[str, Actor] = spec_actors(spec)
         self.cases: list[Case] = []
         evals = read_json_lines(out)
         self.last_s = evals[-1]["elapsed_s"] if evals else -math.inf  # elapsed at the last eval
