@@ -71,8 +71,16 @@ def build_actor(target: str, config: dict[str, Any] | None) -> Actor:
 
 
 class Worker:
-    def __init__(self, actor: Actor, name: str, capacity: int, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        actor: Actor,
+        name: str,
+        capacity: int,
+        heartbeat_s: float,
+        watch_parent: bool = False,
+    ) -> None:
         self.actor = actor
+        self.watch_parent = watch_parent
         self.name = name
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
@@ -200,7 +208,7 @@ class Worker:
         while True:
             self._send_ready()
             await trio.sleep(self.heartbeat_s)
-            if os.getppid() != parent:
+            if self.watch_parent and os.getppid() != parent:
                 log.warning("parent process gone; stopping", worker=self.name)
                 self._stop.set()
 
@@ -217,9 +225,13 @@ async def serve(
     ctx: zmq.Context[Any] | None = None,
     curve: CurveKeys | None = None,
     heartbeat_s: float = 1.0,
+    watch_parent: bool = False,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `actor` until `Shutdown` or cancellation."""
+    """Serve `actor` until `Shutdown` or cancellation; with `watch_parent` (a worker process
+    started by the head) also once this process's parent is gone. Services the head hosts in
+    its own process must not watch: their parent is whatever started `up` (a shell that may
+    exit while the run goes on)."""
     name = name or f"{actor.service}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     structlog.contextvars.bind_contextvars(worker=name, service=actor.service)
     await actor.start()
@@ -230,7 +242,7 @@ async def serve(
     if curve is not None:
         apply_client(sock, curve)
     sock.connect(endpoint)
-    worker = Worker(actor, name, capacity, heartbeat_s)
+    worker = Worker(actor, name, capacity, heartbeat_s, watch_parent)
     worker._socket = TrioSocket(sock, worker._on_message, name=name)
     try:
         async with trio.open_nursery() as nursery:
@@ -290,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"engine.worker: {exc}\n")
         return 2
     curve = CurveKeys(args.curve_dir) if args.curve_dir else None
-    trio.run(lambda: serve_all(actors, args.hub, curve=curve, heartbeat_s=args.heartbeat))
+    trio.run(
+        lambda: serve_all(
+            actors, args.hub, curve=curve, heartbeat_s=args.heartbeat, watch_parent=True
+        )
+    )
     return 0
 
 

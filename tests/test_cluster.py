@@ -3,6 +3,7 @@ killed with SIGKILL mid-run, a rogue client, externally driven episodes, `status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,11 +97,14 @@ def episodes_done(endpoint: str) -> float:
     return status.counters.get("episodes.episodes", 0.0)
 
 
-def wait_until_done(endpoint: str, n: float, proc: subprocess.Popen[str]) -> None:
+def wait_until_done(endpoint: str, n: float, proc: subprocess.Popen[str] | psutil.Process) -> None:
     deadline = time.monotonic() + 120
     with SyncHubClient(endpoint, handshake_timeout=5) as client:
         while time.monotonic() < deadline:
-            assert proc.poll() is None
+            if isinstance(proc, psutil.Process):
+                assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            else:
+                assert proc.poll() is None
             status = client.request("head", StatusQuery(), timeout=5)
             if status.counters.get("episodes.episodes", 0.0) >= n:  # type: ignore[union-attr]
                 return
@@ -282,6 +286,52 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     assert "stopped at once by a second signal" in err
     assert not (tmp_path / "runs" / "latest" / "summary.json").exists()
     no_strays(proc.pid)
+
+
+def test_up_outlives_the_shell_that_started_it(tmp_path: Path) -> None:
+    """`up ... &` from a shell that then exits (a closed ssh session, a killed wrapper): the
+    head is re-parented, and the services it hosts in process (broker, env, head control) go on
+    serving; only worker processes stop when their own parent, the head, is gone."""
+    spec = fake_spec(tmp_path, 0, delay=0.01, concurrency=4)  # 0: run until stopped
+    shell = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -m engine.cluster up "{spec}" 2>"{tmp_path}/err" & wait'],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = wait_for_head(tmp_path / "runs", shell)
+        head = psutil.Process(read_head(str(tmp_path / "runs")).pid)
+        before = episodes_done(endpoint)
+        shell.kill()
+        shell.wait(timeout=10)
+        assert head.ppid() != shell.pid  # re-parented
+        wait_until_done(endpoint, before + 200, head)  # the head's own services still answer
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        with contextlib.suppress(psutil.Error, NameError):
+            head.kill()
+    summary, trajectories = load_run(tmp_path / "runs")
+    assert summary["episodes"] == len(trajectories) >= before + 200
+    assert summary["publish_failed"] == 0
+    assert "parent process gone" not in (tmp_path / "runs" / "latest" / "head.jsonl").read_text()
+
+
+def test_worker_processes_stop_when_the_head_is_killed(tmp_path: Path) -> None:
+    """The other half: a SIGKILLed head cannot say `Shutdown`, so each worker process notices
+    that its parent is gone and exits instead of serving a hub that no longer exists."""
+    proc = up(str(fake_spec(tmp_path, 0, concurrency=4)))
+    wait_for_head(tmp_path / "runs", proc)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 5  # patient, 2 examiners, agent, judge
+    proc.kill()
+    proc.communicate(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, f"workers outlived their head: {alive}"
 
 
 @pytest.mark.parametrize(
