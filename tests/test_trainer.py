@@ -83,6 +83,23 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         assert torch.allclose(a, b)
 
 
+def test_a_resumed_trainer_takes_its_own_optimiser_settings(tmp_path: Path) -> None:
+    """Changing `optim` in the spec and resuming trains with the new settings: the moments come
+    back from the checkpoint, the learning rate and a fixed entropy coefficient do not."""
+    trainer = Trainer(TINY, OptimConfig(lr=1e-2, entropy_coef=0.05))
+    ids = prompt(trainer.policy)
+    (good, _), (bad, _) = generate(trainer.policy, [ids, ids], seeds=[1, 5])
+    trainer.step(batch_for(trainer, good, bad, ids))
+    trainer.save(tmp_path / "latest.pt")
+    other = Trainer(TINY, OptimConfig(lr=1e-4, betas=(0.8, 0.9), entropy_coef=0.0))
+    other.load(tmp_path / "latest.pt")
+    group = other.optimizer.param_groups[0]
+    assert (group["lr"], group["betas"]) == (1e-4, (0.8, 0.9))
+    assert other.entropy_coef == 0.0
+    moments = other.optimizer.state_dict()["state"]
+    assert moments and all(float(s["step"]) == 1 for s in moments.values())
+
+
 def test_a_checkpoint_of_another_policy_is_refused(tmp_path: Path) -> None:
     trainer = Trainer(TINY, OptimConfig())
     trainer.save(tmp_path / "latest.pt")

@@ -281,7 +281,12 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Restore a checkpoint written by `save`; a different policy config is an error."""
+        """Restore a checkpoint written by `save`; a different policy config is an error.
+
+        The optimiser's moments come back, its settings do not: the learning rate, betas and
+        weight decay are this trainer's (the spec's), and so is a fixed entropy coefficient,
+        so a run resumed with a changed `optim` trains as its spec says. Only an adaptive
+        coefficient (`entropy_target`) continues from where it was."""
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -290,9 +295,13 @@ class Trainer:
             raise ValueError(f"checkpoint {path} was made with another policy config: {saved}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        cfg = self.optim_config
+        for group in self.optimizer.param_groups:
+            group.update(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.version = int(state["version"])
         self.steps = int(state["steps"])
-        self.entropy_coef = float(state.get("entropy_coef", self.optim_config.entropy_coef))
+        if cfg.entropy_target:
+            self.entropy_coef = float(state.get("entropy_coef", cfg.entropy_coef))
         torch.set_rng_state(state["rng"])
         return dict(state.get("extra") or {})
 
