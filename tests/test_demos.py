@@ -31,7 +31,11 @@ ONE_EXAM = {"max_exams_per_order": 1}  # the policy's grammar orders one exam pe
 
 
 def spec():  # type: ignore[no-untyped-def]
-    return load_spec(ROOT / "engine" / "default.toml")
+    """The default spec on its bank's first 200 cases (the same cases: the bank is prefix-stable);
+    the tests clone at most 24 of them."""
+    default = load_spec(ROOT / "engine" / "default.toml")
+    scheduler = msgspec.structs.replace(default.scheduler, cases_args={"n": 200, "seed": 0})
+    return msgspec.structs.replace(default, scheduler=scheduler)
 
 
 def demos(**kw: object) -> DemosConfig:
@@ -82,8 +86,11 @@ def test_collected_rows_are_whole_correct_episodes_and_cloning_makes_them_likeli
         return float(torch.cat(lps).mean())
 
     before = mean_logprob()
-    stats = clone(policy, rows, demos(steps=30, batch=8))
+    config = demos(steps=30, batch=8)
+    stats = clone(policy, rows, config)
     assert stats["steps"] == 30 and stats["rows"] == len(rows)
+    # the learning rate ends its cosine near the floor (the last of 30 updates: 29/30 of the way)
+    assert config.lr * config.lr_floor <= stats["lr_last"] < config.lr * (config.lr_floor + 0.01)
     assert mean_logprob() > before + 1.0  # nats per action token
     # with every episode, wrong ones too, there are at least as many rows
     assert len(trio.run(collect, demos(correct_only=False), spec(), policy)) >= len(rows)
@@ -140,6 +147,8 @@ def test_no_spec_means_no_cold_start(tmp_path: Path) -> None:
 def test_bad_settings_fail_clearly() -> None:
     with pytest.raises(ValueError, match="DemosConfig"):
         DemosConfig(agent=CLINICIAN, minutes=0)
+    with pytest.raises(ValueError, match="lr_floor"):
+        DemosConfig(agent=CLINICIAN, lr_floor=1.5)
     with pytest.raises(msgspec.ValidationError, match="agnt"):
         msgspec.convert({"demos": {"agnt": CLINICIAN}}, LearnerConfig)
     with pytest.raises(ConfigError, match="NoSuchAgent"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 
 from engine.spec import ClusterSpec
 from engine.worker import build_actor, resolve
@@ -29,7 +30,9 @@ async def run_baselines(
 ) -> dict[str, Any]:
     spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
     if cases is None:
-        cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
+        cases = await trio.to_thread.run_sync(
+            lambda: list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
+        )
     shared = spec_actors(spec)
     out: dict[str, Any] = {}
     for actor in shared.values():

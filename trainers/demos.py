@@ -19,12 +19,14 @@ its own AdamW; the GRPO optimiser starts afterwards.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
 
 import msgspec
 import structlog
+import trio
 
 from actors.lm import Policy, request_prompt, span_scores
 from engine.actor import Actor, handles, is_async
@@ -52,13 +54,16 @@ class DemosConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cases: int = 2000  # the first cases of the spec's training set
     minutes: float = 1.0  # of cloning, counted in the training minutes
     steps: int = 0  # ... or stop after this many updates, if sooner (0: no limit)
-    lr: float = 2e-3
+    lr: float = 2e-3  # peak; cosine decay to `lr * lr_floor` over the clone (time or steps)
+    lr_floor: float = 0.1
     batch: int = 64  # episodes per update
     correct_only: bool = True  # clone only the episodes the Judge scored correct
 
     def __post_init__(self) -> None:
         if self.cases < 1 or self.minutes <= 0 or self.lr <= 0 or self.batch < 1 or self.steps < 0:
             raise ValueError("DemosConfig: cases and batch >= 1, minutes and lr > 0, steps >= 0")
+        if not 0 <= self.lr_floor <= 1:
+            raise ValueError("DemosConfig: lr_floor must be in [0, 1]")
 
     @property
     def enabled(self) -> bool:
@@ -104,7 +109,10 @@ class Recorder(Actor):
 
 async def collect(config: DemosConfig, spec: ClusterSpec, policy: Policy) -> list[Row]:
     """Play the demonstrator on the first `config.cases` training cases; the rows to clone."""
-    cases = list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[: config.cases]
+    # A large bank takes seconds to build: off the event loop, so heartbeats go on meanwhile.
+    cases = await trio.to_thread.run_sync(
+        lambda: list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[: config.cases]
+    )
     shared = spec_actors(spec)
     demonstrator = build_actor(config.agent, config.agent_config)
     actors = [*shared.values(), demonstrator]
@@ -142,7 +150,8 @@ def clone(
 ) -> dict[str, float]:
     """Maximise the log-likelihood of the rows' completions for `config.minutes` (or
     `config.steps` updates): minibatches of `config.batch` rows drawn at random, mean over their
-    tokens; returns what it did."""
+    tokens, the learning rate on a cosine from `lr` down to `lr * lr_floor` along whichever of
+    the two budgets runs out first; returns what it did."""
     import torch
 
     model = policy.model
@@ -151,9 +160,13 @@ def clone(
     t0 = time.monotonic()
     steps, first, loss_value = 0, float("nan"), float("nan")
     model.train()
-    while time.monotonic() - t0 < config.minutes * 60 and not (
-        config.steps and steps >= config.steps
-    ):
+    lr = config.lr
+    while (done := _progress(config, time.monotonic() - t0, steps)) < 1.0:
+        lr = config.lr * (
+            config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * done))
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         batch = rng.sample(rows, min(config.batch, len(rows)))
         logps, _ = span_scores(
             policy, [r.ids for r in batch], [r.spans for r in batch], temperature=temperature
@@ -170,7 +183,14 @@ def clone(
         "steps": float(steps),
         "loss_first": round(first, 4),
         "loss_last": round(loss_value, 4),
+        "lr_last": lr,
         "seconds": round(time.monotonic() - t0, 2),
     }
     log.info("cloned", **stats)
     return stats
+
+
+def _progress(config: DemosConfig, elapsed_s: float, steps: int) -> float:
+    """How much of the clone's budget is spent, 0 to 1: time or updates, whichever is further."""
+    done = elapsed_s / (config.minutes * 60)
+    return max(done, steps / config.steps) if config.steps else done
