@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,27 @@ def fake_spec(tmp_path: Path, episodes: int, delay: float = 0.0, concurrency: in
         f'cases = "tests.cluster_actors:cases"\n'
         f"[rules]\nrequest_timeout_s = 5.0\n" + FAKE_SERVICES.format(delay=delay)
     )
+    return spec
+
+
+def default_spec(tmp_path: Path, learners: int = 1) -> Path:
+    """The embedded default with a short cold start (64 demonstration cases, 3 updates) on the
+    first 2,000 cases of its bank (quicker to build in each process): the clone still makes
+    version 1, so version = steps + 1 below."""
+    text = (ROOT / "engine" / "default.toml").read_text()
+    text, n = re.subn(
+        r"^(demos = .*)cases = \d+, (minutes = [\d.]+) }$",
+        r"\1cases = 64, \2, steps = 3 }",
+        text,
+        flags=re.M,
+    )
+    assert n == 1, "the default's demos line"
+    text, n = re.subn(r"n = \d+, seed = 0 }", "n = 2000, seed = 0 }", text)
+    assert n == 1, "the default's bank"
+    if learners > 1:
+        text = text.replace("groups_per_step = 8", f"groups_per_step = 8\nlearners = {learners}")
+    spec = tmp_path / "default.toml"
+    spec.write_text(text)
     return spec
 
 
@@ -137,7 +159,8 @@ def no_strays(pid: int) -> None:
 
 
 def test_up_runs_the_embedded_default(tmp_path: Path) -> None:
-    proc = up("--episodes", "500", "--run-dir", str(tmp_path / "runs"))
+    """The default as `make run` starts it, with the short clone of `default_spec`."""
+    proc = up(str(default_spec(tmp_path)), "--episodes", "500", "--run-dir", str(tmp_path / "runs"))
     out, _ = finish(proc)
     summary, trajectories = load_run(tmp_path / "runs")
     assert summary["episodes"] == 500

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,31 +17,10 @@ import psutil
 import pytest
 
 from protocols import unpack_floats, unpack_ids
-from tests.test_cluster import ROOT, finish, no_strays, up
+from tests.test_cluster import ROOT, default_spec, finish, no_strays, up
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.timeout(600)
-
-
-def default_spec(tmp_path: Path, learners: int = 1) -> Path:
-    """The embedded default with a short cold start (64 demonstration cases, 3 updates) on the
-    first 2,000 cases of its bank (quicker to build in each process): the clone still makes
-    version 1, so version = steps + 1 below."""
-    text = (ROOT / "engine" / "default.toml").read_text()
-    text, n = re.subn(
-        r"^(demos = .*)cases = \d+, (minutes = [\d.]+) }$",
-        r"\1cases = 64, \2, steps = 3 }",
-        text,
-        flags=re.M,
-    )
-    assert n == 1, "the default's demos line"
-    text, n = re.subn(r"n = \d+, seed = 0 }", "n = 2000, seed = 0 }", text)
-    assert n == 1, "the default's bank"
-    if learners > 1:
-        text = text.replace("groups_per_step = 8", f"groups_per_step = 8\nlearners = {learners}")
-    spec = tmp_path / "default.toml"
-    spec.write_text(text)
-    return spec
 
 
 def metrics(run: Path) -> list[dict]:

@@ -136,6 +136,18 @@ def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
         assert torch.equal(v, cloned[k]), k
 
 
+def test_the_clone_does_not_outlast_the_training_budget(tmp_path: Path) -> None:
+    """`up --minutes 1` with a 60-minute clone: the clone is counted in the budget, so it stops
+    when the budget is spent (here at once, after its one update) and is still version 1."""
+    clone_for_an_hour = DemosConfig(agent=CLINICIAN, agent_config=ONE_EXAM, cases=24, minutes=60)
+    config = LearnerConfig(policy=TINY, minutes=1e-4, demos=clone_for_an_hour)
+    learner = Learner(config, 1, tmp_path, Trainer(TINY, OptimConfig()))
+    trio.run(learner.cold_start, spec())
+    record = json.loads((tmp_path / "demos.json").read_text())
+    assert record["steps"] == 1 and record["seconds"] < 60
+    assert learner.trainer.version == 1 and learner.done()
+
+
 def test_no_spec_means_no_cold_start(tmp_path: Path) -> None:
     learner = Learner(
         LearnerConfig(policy=TINY, demos=demos()), 1, tmp_path, Trainer(TINY, OptimConfig())

@@ -151,7 +151,7 @@ def clone(
     """Maximise the log-likelihood of the rows' completions for `config.minutes` (or
     `config.steps` updates): minibatches of `config.batch` rows drawn at random, mean over their
     tokens, the learning rate on a cosine from `lr` down to `lr * lr_floor` along whichever of
-    the two budgets runs out first; returns what it did."""
+    the two budgets runs out first, and at least one update; returns what it did."""
     import torch
 
     model = policy.model
@@ -161,7 +161,7 @@ def clone(
     steps, first, loss_value = 0, float("nan"), float("nan")
     model.train()
     lr = config.lr
-    while (done := _progress(config, time.monotonic() - t0, steps)) < 1.0:
+    while (done := _progress(config, time.monotonic() - t0, steps)) < 1.0 or not steps:
         lr = config.lr * (
             config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * done))
         )
@@ -193,4 +193,4 @@ def clone(
 def _progress(config: DemosConfig, elapsed_s: float, steps: int) -> float:
     """How much of the clone's budget is spent, 0 to 1: time or updates, whichever is further."""
     done = elapsed_s / (config.minutes * 60)
-    return max(done, steps / config.steps) if config.steps else done
+    return min(max(done, steps / config.steps) if config.steps else done, 1.0)

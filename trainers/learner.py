@@ -304,6 +304,10 @@ class Learner:
         if self.lead:
             await self.evaluate()
             rows = await collect(demos, spec, self.trainer.policy)
+            if self.config.minutes:  # the clone is counted in the budget: it cannot outlast it
+                left = self.config.minutes - self.elapsed_s / 60
+                minutes = max(min(demos.minutes, left), 1e-6)  # at least one update
+                demos = msgspec.structs.replace(demos, minutes=minutes)
             stats = await trio.to_thread.run_sync(
                 lambda: clone(
                     self.trainer.policy, rows, demos, temperature=self.trainer.temperature
