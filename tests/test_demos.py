@@ -96,6 +96,16 @@ def test_collected_rows_are_whole_correct_episodes_and_cloning_makes_them_likeli
     assert len(trio.run(collect, demos(correct_only=False), spec(), policy)) >= len(rows)
 
 
+def test_the_clone_may_take_more_threads_and_gives_them_back() -> None:
+    policy = build_policy(TINY)
+    rows = trio.run(collect, demos(cases=8), spec(), policy)
+    before = torch.get_num_threads()
+    stats = clone(policy, rows, demos(steps=2, batch=4, threads=before + 1))
+    assert stats["threads"] == before + 1 and stats["steps"] == 2
+    assert torch.get_num_threads() == before
+    assert clone(policy, rows, demos(steps=1, batch=4))["threads"] == before  # 0: the learner's
+
+
 def test_multi_exam_orders_are_not_cloned() -> None:
     policy = build_policy(TINY)
     one = trio.run(collect, demos(), spec(), policy)
@@ -161,6 +171,8 @@ def test_bad_settings_fail_clearly() -> None:
         DemosConfig(agent=CLINICIAN, minutes=0)
     with pytest.raises(ValueError, match="lr_floor"):
         DemosConfig(agent=CLINICIAN, lr_floor=1.5)
+    with pytest.raises(ValueError, match="threads"):
+        DemosConfig(agent=CLINICIAN, threads=-1)
     with pytest.raises(msgspec.ValidationError, match="agnt"):
         msgspec.convert({"demos": {"agnt": CLINICIAN}}, LearnerConfig)
     with pytest.raises(ConfigError, match="NoSuchAgent"):

@@ -58,10 +58,16 @@ class DemosConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lr_floor: float = 0.1
     batch: int = 64  # episodes per update
     correct_only: bool = True  # clone only the episodes the Judge scored correct
+    # torch threads while cloning (0: the learner's own). While the learner clones, the agents
+    # have nothing to generate, so on one machine the clone may take their cores: 2 threads made
+    # an update of the default policy 1.65x faster than 1 on this 2-core machine (0.24 s/0.40 s).
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.cases < 1 or self.minutes <= 0 or self.lr <= 0 or self.batch < 1 or self.steps < 0:
             raise ValueError("DemosConfig: cases and batch >= 1, minutes and lr > 0, steps >= 0")
+        if self.threads < 0:
+            raise ValueError("DemosConfig: threads must be >= 0 (0: the learner's)")
         if not 0 <= self.lr_floor <= 1:
             raise ValueError("DemosConfig: lr_floor must be in [0, 1]")
 
@@ -156,6 +162,26 @@ def clone(
 
     model = policy.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _clone(policy, rows, config, optimizer, temperature, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _clone(
+    policy: Policy,
+    rows: list[Row],
+    config: DemosConfig,
+    optimizer: Any,
+    temperature: float,
+    seed: int,
+) -> dict[str, float]:
+    import torch
+
+    model = policy.model
     rng = random.Random(seed)
     t0 = time.monotonic()
     steps, first, loss_value = 0, float("nan"), float("nan")
@@ -185,6 +211,7 @@ def clone(
         "loss_last": round(loss_value, 4),
         "lr_last": lr,
         "seconds": round(time.monotonic() - t0, 2),
+        "threads": float(torch.get_num_threads()),
     }
     log.info("cloned", **stats)
     return stats
