@@ -16,9 +16,9 @@ import msgspec
 import trio
 
 from engine.spec import ClusterSpec
-from engine.worker import build_actor, resolve
+from engine.worker import build_actor
 from protocols import Case
-from trainers.eval_agents import Services, evaluate, spec_actors, summarise
+from trainers.eval_agents import Services, evaluate, load_cases, spec_actors, summarise
 
 __all__ = ["run_baselines"]
 
@@ -30,9 +30,8 @@ async def run_baselines(
 ) -> dict[str, Any]:
     spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
     if cases is None:
-        cases = await trio.to_thread.run_sync(
-            lambda: list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[:n]
-        )
+        sched = spec.scheduler
+        cases = await trio.to_thread.run_sync(load_cases, sched.cases, sched.cases_args, n)
     shared = spec_actors(spec)
     out: dict[str, Any] = {}
     for actor in shared.values():

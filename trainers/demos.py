@@ -31,13 +31,13 @@ import trio
 from actors.lm import Policy, request_prompt, span_scores
 from engine.actor import Actor, handles, is_async
 from engine.spec import ClusterSpec
-from engine.worker import build_actor, resolve
+from engine.worker import build_actor
 from protocols import Diagnose, Trajectory
 from protocols.arrays import pack_floats, pack_ids
 from protocols.dialects import get_dialect
 from protocols.messages import ActReply, ActRequest
 from trainers.batch import Row, build_batch
-from trainers.eval_agents import Services, evaluate, spec_actors
+from trainers.eval_agents import Services, evaluate, load_cases, spec_actors
 
 log = structlog.get_logger("trainers.demos")
 
@@ -116,9 +116,8 @@ class Recorder(Actor):
 async def collect(config: DemosConfig, spec: ClusterSpec, policy: Policy) -> list[Row]:
     """Play the demonstrator on the first `config.cases` training cases; the rows to clone."""
     # A large bank takes seconds to build: off the event loop, so heartbeats go on meanwhile.
-    cases = await trio.to_thread.run_sync(
-        lambda: list(resolve(spec.scheduler.cases)(**spec.scheduler.cases_args))[: config.cases]
-    )
+    sched = spec.scheduler
+    cases = await trio.to_thread.run_sync(load_cases, sched.cases, sched.cases_args, config.cases)
     shared = spec_actors(spec)
     demonstrator = build_actor(config.agent, config.agent_config)
     actors = [*shared.values(), demonstrator]
@@ -160,28 +159,22 @@ def clone(
     the two budgets runs out first, and at least one update; returns what it did."""
     import torch
 
-    model = policy.model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _clone(policy, rows, config, optimizer, temperature, seed)
+        return _clone(policy, rows, config, temperature, seed)
     finally:
         torch.set_num_threads(threads)
 
 
 def _clone(
-    policy: Policy,
-    rows: list[Row],
-    config: DemosConfig,
-    optimizer: Any,
-    temperature: float,
-    seed: int,
+    policy: Policy, rows: list[Row], config: DemosConfig, temperature: float, seed: int
 ) -> dict[str, float]:
     import torch
 
     model = policy.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     rng = random.Random(seed)
     t0 = time.monotonic()
     steps, first, loss_value = 0, float("nan"), float("nan")
