@@ -49,7 +49,7 @@ class HFAgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: PolicyConfig = PolicyConfig()
     max_batch: int = 64
     batch_wait_s: float = 0.005  # after the first request of a batch, wait this long for more
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy, for evaluation (a learner needs the agents to sample)
     threads: int = 1  # torch intra-op threads
     seed: int = 0  # sampling seed, mixed with the episode id and turn
     checkpoint: str = ""  # optional weights to start from: a file of `engine.weights.pack` output
@@ -58,8 +58,8 @@ class HFAgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.threads < 1:
             raise ValueError("max_batch and threads must be >= 1")
-        if self.batch_wait_s < 0 or self.temperature <= 0 or self.fetch_timeout_s <= 0:
-            raise ValueError("batch_wait_s must be >= 0; temperature and fetch_timeout_s > 0")
+        if self.batch_wait_s < 0 or self.temperature < 0 or self.fetch_timeout_s <= 0:
+            raise ValueError("batch_wait_s and temperature must be >= 0; fetch_timeout_s > 0")
 
 
 def write_checkpoint(

@@ -590,6 +590,10 @@ def learning_summary(run_dir: Path) -> dict[str, Any]:
             "accuracy_end_ci95": evals[-1]["ci95"]["accuracy"],
             "minutes_end": evals[-1]["elapsed_s"] / 60,
         }
+        greedy = evals[-1].get("greedy")
+        if greedy:
+            out["heldout"]["greedy_accuracy_end"] = greedy["accuracy"]
+            out["heldout"]["greedy_accuracy_end_ci95"] = greedy["ci95"]["accuracy"]
     baselines = run_dir / "baselines.json"
     if baselines.exists():
         out["baselines"] = {
@@ -637,6 +641,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                     f" (95% CI {low:.3f}-{high:.3f}) at {held['minutes_end']:.1f} min",
                 )
             )
+            if "greedy_accuracy_end" in held:
+                low, high = held["greedy_accuracy_end_ci95"]
+                rows.append(
+                    (
+                        "  last, greedy decoding",
+                        f"{held['greedy_accuracy_end']:.3f} (95% CI {low:.3f}-{high:.3f})",
+                    )
+                )
         for name, value in learning.get("baselines", {}).items():
             rows.append((f"{name} baseline accuracy", f"{value:.3f}"))
         rows.append(("learning curve", learning["plot"]))

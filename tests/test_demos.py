@@ -186,3 +186,25 @@ def test_the_default_clones_the_clinician() -> None:
     assert learner is not None
     config = msgspec.convert(learner.config, LearnerConfig)
     assert config.demos.agent == CLINICIAN and config.demos.agent_config == ONE_EXAM
+
+
+def test_the_demonstrator_is_measured_with_its_config_beside_the_baselines(tmp_path: Path) -> None:
+    from trainers.eval_agents import load_cases
+    from trainers.learner import evaluate_baselines
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_bytes(msgspec.json.encode(spec()))
+    cases = load_cases("cases.bank:builtin", {"n": 40, "seed": 1})
+    config = LearnerConfig(demos=demos(), baselines={"heuristic": CLINICIAN})
+    out = tmp_path / "baselines.json"
+    trio.run(evaluate_baselines, config, spec_path, out, cases)
+    results = json.loads(out.read_text())
+    assert set(results) == {"heuristic", "demonstrator"}
+    assert results["demonstrator"]["n"] == results["heuristic"]["n"] == 40
+    # one exam per order: more orders for the same exams, so more turns than the clinician
+    assert results["demonstrator"]["turns"] > results["heuristic"]["turns"]
+
+    # its config is the demonstrator's own: a wrong key fails as it would in the clone
+    bad = LearnerConfig(demos=demos(agent_config={"max_exam_per_order": 1}))
+    with pytest.raises(ConfigError, match="max_exam_per_order"):
+        trio.run(evaluate_baselines, bad, spec_path, tmp_path / "bad.json", cases)

@@ -53,12 +53,14 @@ def test_evaluates_the_given_weights_and_appends_a_line(tmp_path: Path) -> None:
     lines = read_json_lines(out)
     assert [(e["step"], e["version"], e["n"]) for e in lines] == [(0, 0, 6), (7, 7, 6)]
     for e in lines:
-        for metric in ("accuracy", "reward", "exam_f1"):
-            low, high = e["ci95"][metric]
-            assert 0.0 <= low <= e[metric] <= high <= 1.0
-        assert 1 <= e["turns"] <= 4  # the default rules' max_turns
+        for part in (e, e["greedy"]):  # sampled, and decoded greedily
+            for metric in ("accuracy", "reward", "exam_f1"):
+                low, high = part["ci95"][metric]
+                assert 0.0 <= low <= part[metric] <= high <= 1.0
+            assert 1 <= part["turns"] <= 4  # the default rules' max_turns
     # same weights, same episode ids: the same samples, so the same result
     assert lines[0]["accuracy"] == lines[1]["accuracy"]
+    assert lines[0]["greedy"] == lines[1]["greedy"]
 
     # a restarted learner picks up the schedule where the file left it
     again = heldout(out)
@@ -71,10 +73,29 @@ def test_evaluates_the_given_weights_and_appends_a_line(tmp_path: Path) -> None:
     )
     held = learning_summary(tmp_path)["heldout"]
     assert held["n"] == 6 and held["accuracy_end"] == lines[-1]["accuracy"]
+    assert held["greedy_accuracy_end"] == lines[-1]["greedy"]["accuracy"]
     summary = {"episodes": 1, "diagnosed": 1, "truncated": 0, "aborted": 0, "published": 1}
     summary |= {"accuracy": 0, "exam_f1": 0, "reward": 0, "cost": 0, "turns": 1}
     text = format_summary({**summary, "episodes_per_s": 1, "learning": learning_summary(tmp_path)})
     assert "held-out accuracy first -> last (6 cases)" in text
+    assert "last, greedy decoding" in text
+
+
+def test_greedy_decoding_is_an_option(tmp_path: Path) -> None:
+    out = tmp_path / "eval.jsonl"
+    model = build_policy(TINY).model
+
+    async def main() -> None:
+        h = heldout(out, msgspec.structs.replace(CONFIG, greedy=False))
+        await h.start()
+        try:
+            await h.run(model, step=0, version=0, elapsed_s=0.0)
+        finally:
+            await h.close()
+
+    trio.run(main)
+    (line,) = read_json_lines(out)
+    assert "greedy" not in line and 0.0 <= line["accuracy"] <= 1.0
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:

@@ -213,7 +213,8 @@ def test_config_typos_and_bad_values_are_errors() -> None:
     with pytest.raises(ConfigError, match="max_bach"):
         HFAgent.from_config({"max_bach": 3})
     with pytest.raises(ConfigError):
-        HFAgent.from_config({"temperature": 0})
+        HFAgent.from_config({"temperature": -1})
+    assert HFAgent.from_config({"temperature": 0}).config.temperature == 0  # greedy evaluation
     with pytest.raises(ConfigError, match="layer"):
         HFAgent.from_config({"policy": {"layer": 1}})
 

@@ -258,3 +258,8 @@ async def test_dynamic_sampling_steps_on_groups_with_signal(
 def test_the_filter_cap_cannot_be_negative() -> None:
     with pytest.raises(ValueError, match="max_filtered_per_step"):
         LearnerConfig(max_filtered_per_step=-1)
+
+
+def test_the_learner_needs_sampling_agents() -> None:
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        LearnerConfig(temperature=0.0)  # greedy agents are for evaluation

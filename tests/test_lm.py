@@ -298,6 +298,27 @@ def test_sampling_is_reproducible_per_seed_whatever_the_batch(tiny):
         assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_greedy_decoding_takes_the_most_probable_allowed_token_at_every_step(pieces):
+    prompts = prompts_of(pieces)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    greedy = generate(pieces, prompts, temperature=0, generator=gen)
+    assert bool((gen.get_state() == state).all())  # no random number drawn
+    assert greedy == generate(pieces, prompts, temperature=0, seeds=list(range(len(prompts))))
+    for prompt, (tokens, lps) in zip(prompts, greedy, strict=True):
+        grammar = pieces.grammar_for(prompt)
+        assert grammar.is_complete(grammar.node(tokens))
+        # recomputed at temperature 1: each chosen token is the argmax of its masked row, and
+        # the reported logprobs are the model's own
+        (ref,) = sequence_logprobs(pieces, [prompt], [tokens])
+        assert lps == pytest.approx(ref.tolist(), abs=1e-5)
+        with torch.no_grad():
+            logits = pieces.model(torch.tensor([[*prompt, *tokens]])).logits[0].float()
+        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
+        masked = rows.masked_fill(~grammar.mask(tokens), float("-inf"))
+        assert masked.argmax(dim=-1).tolist() == tokens
+
+
 def test_restricted_generation_only_produces_those_actions(tiny):
     dx = tiny.grammar.restrict(("diagnosis",))
     prompts = prompts_of(tiny)
@@ -324,7 +345,7 @@ def test_bad_inputs_are_refused_clearly(tiny):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         generate(tiny, [[10**6]])
     with pytest.raises(ValueError, match="temperature"):
-        generate(tiny, [[tiny.bos_id]], temperature=0)
+        generate(tiny, [[tiny.bos_id]], temperature=-0.5)
     with pytest.raises(ValueError, match="continues no action"):
         sequence_logprobs(tiny, [[tiny.bos_id]], [[tiny.pad_id]])
 

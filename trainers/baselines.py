@@ -26,8 +26,13 @@ METRICS = ("accuracy", "reward", "exam_f1", "turns")
 
 
 async def run_baselines(
-    spec_path: Path, agents: dict[str, str], n: int, cases: list[Case] | None = None
+    spec_path: Path,
+    agents: dict[str, str],
+    n: int,
+    cases: list[Case] | None = None,
+    configs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`agents`: label -> "module:Class"; `configs`: label -> that agent's config, if any."""
     spec = msgspec.json.decode(spec_path.read_bytes(), type=ClusterSpec)
     if cases is None:
         sched = spec.scheduler
@@ -38,7 +43,7 @@ async def run_baselines(
         await actor.start()
     try:
         for label, target in agents.items():
-            agent = build_actor(target, None)
+            agent = build_actor(target, (configs or {}).get(label))
             await agent.start()
             try:
                 services = Services({**shared, "agent": agent})

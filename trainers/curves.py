@@ -6,7 +6,8 @@ distinct diagnoses per batch (a policy collapsing onto a few answers shows here 
 staleness (learner version minus the version that generated each turn). Raw per-step values
 are drawn faint with a moving average on top; the scripted baselines of the same run (random and
 naive-Bayes clinician) are horizontal lines, and the policy's held-out evaluations
-(`trainers.heldout`, on the cases the baselines ran on) are points with 95% intervals.
+(`trainers.heldout`, on the cases the baselines ran on) are points with 95% intervals, sampled as
+in training and, dotted, decoded greedily.
 `python -m trainers.curves RUN_DIR` redraws it.
 """
 
@@ -28,7 +29,11 @@ PANELS = (
     ("distinct_diagnoses", "distinct diagnoses\nper batch"),
     ("staleness_mean", "staleness (versions)"),
 )
-BASELINE_STYLE = {"random": ("tab:gray", ":"), "heuristic": ("tab:green", "--")}
+BASELINE_STYLE = {
+    "random": ("tab:gray", ":"),
+    "heuristic": ("tab:green", "--"),
+    "demonstrator": ("tab:olive", "-."),  # the cold start's demonstrator, as it was configured
+}
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -83,6 +88,22 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
                 capsize=2,
                 label=f"hf agent, {held[-1]['n']} held-out cases",
             )
+        greedy = [e for e in evals if key in e.get("greedy", {})]
+        if greedy:
+            ax.errorbar(
+                [e["elapsed_s"] / 60 for e in greedy],
+                [e["greedy"][key] for e in greedy],
+                yerr=[
+                    [e["greedy"][key] - e["greedy"]["ci95"][key][0] for e in greedy],
+                    [e["greedy"]["ci95"][key][1] - e["greedy"][key] for e in greedy],
+                ],
+                color="tab:purple",
+                marker="s",
+                markersize=3,
+                capsize=2,
+                linestyle=":",
+                label="hf agent, held-out, greedy",
+            )
         if cloned_min:
             ax.axvspan(0, cloned_min, color="tab:green", alpha=0.08, label="cloning (demos)")
         ax.set_ylabel(label)
@@ -96,6 +117,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
     )
     if evals:
         title += f", held-out {evals[-1]['accuracy']:.3f}"
+        if "greedy" in evals[-1]:
+            title += f" (greedy {evals[-1]['greedy']['accuracy']:.3f})"
     fig.suptitle(title)
     fig.tight_layout()
     path = out or run_dir / "learning_curve.png"

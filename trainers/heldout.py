@@ -5,12 +5,13 @@ Training-batch accuracy mixes learning with memorising: the default bank has 2,0
 training cases and 15% on 300 fresh ones. So rank 0 also runs the current weights every
 `every_min` minutes of training (at step 0, and once more at the end) on a held-out case set, in
 process: the same rules, the spec's Patient / Examiner / Judge, and an `hf` agent that samples
-as the training agents do. It appends one line per evaluation to `eval.jsonl`, which the
-learning curve draws. The scripted baselines are measured on the same cases
+as the training agents do, and once more with greedy decoding (`greedy`: the most probable action
+at every turn, as a trained agent would be deployed). It appends one line per evaluation to
+`eval.jsonl`, which the learning curve draws. The scripted baselines are measured on the same cases
 (`trainers.baselines`), so the curve compares like with like.
 
-An evaluation of 300 four-turn episodes takes a few seconds of the learner's core. That time
-counts in the training budget.
+An evaluation of 300 four-turn episodes takes a second or two of the learner's core per pass.
+That time counts in the training budget.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class HeldOutConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cases_args: dict[str, Any] = msgspec.field(default_factory=dict)
     every_min: float = 2.5  # minutes of training between evaluations
     max_batch: int = 128  # the evaluating agent's batch (all cases run at once)
+    # Also run the cases with greedy decoding (the most probable action at every turn), the way
+    # a trained agent would be deployed; the line's `greedy` holds its metrics. About as fast as
+    # the sampled pass.
+    greedy: bool = True
 
     def __post_init__(self) -> None:
         if self.every_min <= 0 or self.max_batch < 1:
@@ -80,11 +85,16 @@ class HeldOut:
         self.config = config
         self.spec = spec
         self.out = out
-        self.agent = HFAgent(
-            HFAgentConfig(
-                policy=policy, temperature=temperature, max_batch=config.max_batch, threads=threads
+
+        def agent(t: float) -> HFAgent:
+            return HFAgent(
+                HFAgentConfig(
+                    policy=policy, temperature=t, max_batch=config.max_batch, threads=threads
+                )
             )
-        )
+
+        self.agent = agent(temperature)
+        self.greedy = agent(0.0) if config.greedy else None
         self.services: dict[str, Actor] = spec_actors(spec)
         self.cases: list[Case] = []
         evals = read_json_lines(out)
@@ -95,43 +105,62 @@ class HeldOut:
         self.cases = await trio.to_thread.run_sync(held_out_cases, self.config)
         if not self.cases:
             raise ValueError(f"held-out cases: {self.config.cases} returned none")
-        await self.agent.start()
-        for actor in self.services.values():
+        for actor in (*self._agents(), *self.services.values()):
             await actor.start()
 
     async def close(self) -> None:
-        for actor in (*self.services.values(), self.agent):
+        for actor in (*self.services.values(), *self._agents()):
             await actor.close()
+
+    def _agents(self) -> list[HFAgent]:
+        return [self.agent] if self.greedy is None else [self.agent, self.greedy]
 
     def due(self, elapsed_s: float) -> bool:
         return elapsed_s - self.last_s >= self.config.every_min * 60
 
     async def run(self, model: Any, *, step: int, version: int, elapsed_s: float) -> dict[str, Any]:
-        """Copy `model`'s weights into the evaluating agent, run every case, append the line."""
+        """Copy `model`'s weights into the evaluating agents, run every case (sampled, then
+        greedy), append the line."""
         t0 = time.monotonic()
-        policy = self.agent.policy
-        assert policy is not None, "HeldOut.start() first"
         state = model.state_dict()
-        await trio.to_thread.run_sync(policy.model.load_state_dict, state)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.agent.run)
-            services = Services({**self.services, "agent": self.agent})
-            trajs = await evaluate(
-                services, self.cases, self.spec.rules, concurrency=len(self.cases), progress=False
-            )
-            nursery.cancel_scope.cancel()
-        overall = summarise(trajs, resamples=200)["overall"]
+        sampled = await self._evaluate(self.agent, state)
         line: dict[str, Any] = {
             "step": step,
             "version": version,
             "elapsed_s": round(elapsed_s, 3),
-            "n": overall["n"],
-            **{m: round(overall[m]["mean"], 6) for m in METRICS},
-            "ci95": {m: [round(overall[m][k], 6) for k in ("low", "high")] for m in METRICS},
-            "eval_s": round(time.monotonic() - t0, 3),
+            "n": sampled["n"],
+            **_metrics(sampled),
         }
+        if self.greedy is not None:
+            line["greedy"] = _metrics(await self._evaluate(self.greedy, state))
+        line["eval_s"] = round(time.monotonic() - t0, 3)
         with self.out.open("a") as f:
             f.write(json.dumps(line) + "\n")
         self.last_s, self.version = elapsed_s, version
-        log.info("held-out", **{k: v for k, v in line.items() if k != "ci95"})
+        greedy = {"greedy_accuracy": line["greedy"]["accuracy"]} if "greedy" in line else {}
+        log.info(
+            "held-out", **{k: v for k, v in line.items() if k not in ("ci95", "greedy")}, **greedy
+        )
         return line
+
+    async def _evaluate(self, agent: HFAgent, state: dict[str, Any]) -> dict[str, Any]:
+        policy = agent.policy
+        assert policy is not None, "HeldOut.start() first"
+        await trio.to_thread.run_sync(policy.model.load_state_dict, state)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.run)
+            services = Services({**self.services, "agent": agent})
+            trajs = await evaluate(
+                services, self.cases, self.spec.rules, concurrency=len(self.cases), progress=False
+            )
+            nursery.cancel_scope.cancel()
+        overall: dict[str, Any] = summarise(trajs, resamples=200)["overall"]
+        return overall
+
+
+def _metrics(overall: dict[str, Any]) -> dict[str, Any]:
+    """Means and 95% intervals, as `eval.jsonl` keeps them."""
+    return {
+        **{m: round(overall[m]["mean"], 6) for m in METRICS},
+        "ci95": {m: [round(overall[m][k], 6) for k in ("low", "high")] for m in METRICS},
+    }

@@ -123,6 +123,11 @@ class LearnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.max_filtered_per_step < 0:
             raise ValueError("LearnerConfig.max_filtered_per_step must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(
+                "LearnerConfig.temperature must be > 0: GRPO needs the distribution the agents "
+                "sampled from (greedy decoding is for evaluation)"
+            )
 
 
 class Learner:
@@ -423,12 +428,17 @@ def merge_stats(
 async def evaluate_baselines(
     config: LearnerConfig, spec_path: Path, out: Path, cases: list[Case] | None = None
 ) -> None:
-    """Accuracy and reward of the scripted baselines under the run's spec, once per run."""
-    if out.exists() or not config.baselines:
+    """Accuracy and reward of the scripted baselines under the run's spec, once per run; with a
+    cold start, its demonstrator too (the level the clone aims at)."""
+    agents, configs = dict(config.baselines), {}
+    if config.demos.enabled:
+        agents["demonstrator"] = config.demos.agent
+        configs["demonstrator"] = config.demos.agent_config
+    if out.exists() or not agents:
         return
     from trainers.baselines import run_baselines
 
-    results = await run_baselines(spec_path, config.baselines, config.baseline_cases, cases)
+    results = await run_baselines(spec_path, agents, config.baseline_cases, cases, configs)
     out.write_text(json.dumps(results, indent=1))
     log.info("baselines", **{k: v["accuracy"] for k, v in results.items()})
 

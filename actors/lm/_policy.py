@@ -197,13 +197,18 @@ def generate(
     distribution sampled from; a forced token (the only one allowed) has logprob 0 and draws no
     random number. Rows cut by `max_new_tokens` return an incomplete action.
 
+    `temperature=0` decodes greedily: each row takes its most probable allowed token (the lowest
+    id on a tie), draws nothing, and reports that token's logprob under the masked distribution
+    at temperature 1 (the model's own belief; there is no sampling distribution to report). An
+    evaluation decodes so; a learner never trains on such turns (it needs temperature > 0).
+
     Prompts of very different lengths (an episode's first turn next to its fourth) are generated
     in length buckets (`_length_buckets`), so little of the compute goes to padding."""
     import torch
 
     _check_prompts(prompts, policy.grammar.vocab)
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (use a small value for near-greedy decoding)")
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0 (0: greedy)")
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     gens = (
@@ -288,9 +293,12 @@ def _generate_bucket(
                 use_cache=True,
                 **cache,
             ).last_hidden_state[:, -1]
-            logits = model.lm_head(hidden).float() / temperature
+            logits = model.lm_head(hidden).float()
+            if temperature:
+                logits = logits / temperature
             mask = torch.stack([g.node_mask(nd) for g, nd in zip(grammars, nodes, strict=True)])
             logp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+            best = logp.argmax(dim=-1).tolist() if not temperature else []
             nxt = [policy.pad_id] * n
             for i in range(n):
                 if done[i]:
@@ -298,6 +306,9 @@ def _generate_bucket(
                 kids = grammars[i].children(nodes[i])
                 if len(kids) == 1:
                     tok, lp = kids[0], 0.0
+                elif not temperature:
+                    tok = best[i]
+                    lp = float(logp[i, tok])
                 else:
                     probs = logp[i].exp()
                     tok = int(torch.multinomial(probs, 1, generator=gens[i]))
