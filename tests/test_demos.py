@@ -120,6 +120,28 @@ def test_multi_exam_orders_are_not_cloned() -> None:
             assert not policy.grammar.action_of(row.ids[s : s + n]).count("<exam>") > 1
 
 
+def test_with_exam_lists_the_clinicians_orders_of_several_exams_are_cloned() -> None:
+    policy = build_policy(msgspec.structs.replace(TINY, exams_per_order=8))
+    rows = trio.run(collect, demos(agent_config={}), spec(), policy)  # the full clinician
+    sizes = []
+    for row in rows:
+        actions = [policy.grammar.action_of(row.ids[s : s + n]) for s, n in row.spans]
+        assert actions[-1].startswith("<diagnosis>")
+        sizes += [a.count(";") + 1 for a in actions if a.startswith("<exam>")]
+    assert max(sizes) > 1  # panels, as the clinician ordered them
+
+    class TwoExams(HeuristicAgent):
+        def decide(self, request: ActRequest) -> OrderExam:  # type: ignore[override]
+            return OrderExam(names=names)
+
+    names = [a[6:-7] for a in policy.grammar.actions if a.startswith("<exam>")][:2]
+    intro = Intro(age=52, sex="male", chief_complaint="cough", max_turns=4)
+    request = ActRequest(episode_id="e", intro=intro, steps=[])
+    reply = trio.run(Recorder(TwoExams(), policy).act, request)
+    assert reply.text == f"<exam>{names[0]}; {names[1]}</exam>"
+    assert policy.grammar.action_of(unpack_ids(reply.token_ids)) == reply.text
+
+
 def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
     tmp_path: Path,
 ) -> None:

@@ -54,6 +54,7 @@ TINY = PolicyConfig(
     layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, vocab=600, corpus_cases=200
 )
 PIECES = msgspec.structs.replace(TINY, atomic_actions=False)  # names spelled with BPE pieces
+LISTS = msgspec.structs.replace(TINY, exams_per_order=3)  # an order: 1 to 3 exams, then the end
 INTRO = Intro(age=52, sex="male", chief_complaint="cough and weight loss")
 
 
@@ -100,6 +101,11 @@ def tiny():
 @pytest.fixture(scope="module")
 def pieces():
     return build_policy(PIECES)
+
+
+@pytest.fixture(scope="module")
+def lists():
+    return build_policy(LISTS)
 
 
 # --- determinism ---------------------------------------------------------------------------------
@@ -243,6 +249,69 @@ def test_allowed_and_mask_walk_the_trie(pieces):
         g.mask([*seq, seq[0]])
 
 
+def two_exam_step(policy) -> Step:
+    a, b = exam_names(policy)[:2]
+    results = [ExamResult(n, n, f"{n} result") for n in (a, b)]
+    return Step(f"<exam>{a}; {b}</exam>", OrderExam([a, b]), ExamResults(results))
+
+
+def exam_names(policy) -> list[str]:
+    return [
+        x[len("<exam>") : -len("</exam>")] for x in policy.grammar.actions if kind_of(x) == "exam"
+    ]
+
+
+def test_an_exam_order_is_a_list_of_exam_tokens_and_an_end(lists):
+    g = lists.grammar
+    native = get_dialect("native")
+    a, b, c, d = exam_names(lists)[:4]
+    exam = {n: g.encode(f"<exam>{n}</exam>")[0] for n in (a, b, c, d)}
+    end = lists.tokenizer.token_to_id("<|end|>")
+    assert g.encode(f"<exam>{a}</exam>") == [exam[a], end]  # one exam: a list of one
+    order = g.encode(f"<exam>{a}; {b}</exam>")
+    assert order == [exam[a], exam[b], end]
+    assert g.action_of(order) == f"<exam>{a}; {b}</exam>"
+    assert native.parse(g.action_of(order)) == OrderExam([a, b])
+    exams = set(exam_names(lists))
+    after_one = set(g.allowed([exam[a]]))
+    assert after_one == {g.encode(f"<exam>{n}</exam>")[0] for n in exams} | {end}
+    assert g.allowed([exam[a], exam[b], exam[c]]) == [end]  # the third exam is the last: forced
+    assert g.allowed(order) == [] and g.max_len == 4
+    m = g.mask(order)
+    assert sorted(torch.nonzero(m[1]).flatten().tolist()) == sorted(after_one)
+    # orders it cannot spell: too many exams, an unknown exam
+    assert g.encode(f"<exam>{a}; {b}; {c}; {d}</exam>") is None
+    assert g.encode(f"<exam>{a}; no such exam</exam>") is None
+    with pytest.raises(ValueError, match="past a complete action"):
+        g.mask([*order, exam[a]])
+    # the other actions are as without lists; the last turn's grammar has no exams
+    assert g.encode("<ask>Have you had a fever?</ask>") == tiny_encode(
+        lists, "<ask>Have you had a fever?</ask>"
+    )
+    assert lists.dx_grammar.max_exams == 1 and lists.dx_grammar.max_len == 1
+    # the prompt writes an order as the grammar spells it
+    text = render_prompt(INTRO, [two_exam_step(lists)], exam_lists=True)
+    assert f"<exam>{a}</exam><exam>{b}</exam><|end|>" in text
+
+
+def tiny_encode(policy, action: str) -> list[int]:
+    return policy.tokenizer.encode(action).ids
+
+
+def test_exam_lists_need_atomic_actions_and_a_free_end_token():
+    with pytest.raises(ValueError, match="exams_per_order"):
+        PolicyConfig(atomic_actions=False, exams_per_order=2)
+    with pytest.raises(ValueError, match="exams_per_order"):
+        PolicyConfig(exams_per_order=0)
+    actions = ["<exam>a</exam>", "<diagnosis>x</diagnosis>"]
+    with pytest.raises(ValueError, match="end token"):
+        ActionGrammar(actions, [[1], [2]], 10, max_exams=2)
+    with pytest.raises(ValueError, match="end token"):
+        ActionGrammar(actions, [[1], [2]], 10, max_exams=2, end=2)
+    with pytest.raises(ValueError, match="one token per exam"):
+        ActionGrammar(actions, [[1, 3], [2]], 10, max_exams=2, end=4)
+
+
 def test_grammar_refuses_an_action_that_prefixes_another():
     with pytest.raises(ValueError, match="prefix"):
         ActionGrammar(["<ask>a</ask>", "<ask>a</ask>b"], [[1, 2], [1, 2, 3]], 10)
@@ -269,7 +338,7 @@ def prompts_of(policy):
     ]
 
 
-@pytest.mark.parametrize("which", ["tiny", "pieces"])
+@pytest.mark.parametrize("which", ["tiny", "pieces", "lists"])
 def test_sampled_logprobs_equal_the_learners_recomputation(which, request):
     policy = request.getfixturevalue(which)
     prompts = prompts_of(policy)
@@ -439,7 +508,7 @@ def test_length_buckets_partition_the_rows_and_bound_the_padding(lengths):
         assert max(lengths[i] for i in a) <= min(lengths[i] for i in b)
 
 
-@pytest.mark.parametrize("which", ["tiny", "pieces"])
+@pytest.mark.parametrize("which", ["tiny", "pieces", "lists"])
 def test_a_whole_episode_scores_in_one_sequence_as_turn_by_turn(which, request):
     """Turn k+1's prompt is turn k's prompt + its action + what came back + the cue, so one
     packed sequence with a span per turn gives the same logprobs and entropies as one row per
@@ -447,7 +516,10 @@ def test_a_whole_episode_scores_in_one_sequence_as_turn_by_turn(which, request):
     policy = request.getfixturevalue(which)
     native = get_dialect("native")
     history = steps()
-    actions = [policy.tokenizer.encode(native.render_action(s.action)).ids for s in history]
+    if which == "lists":  # and an order of two exams
+        history.append(two_exam_step(policy))
+    actions = [policy.grammar.encode(native.render_action(s.action)) for s in history]
+    assert all(actions)
     prompts = [encode_prompt(policy, INTRO, history[:k]) for k in range(len(history))]
     prompts.append(encode_prompt(policy, INTRO, history, final=True))
     final = generate(policy, [prompts[-1]], seeds=[3])[0][0]

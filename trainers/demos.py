@@ -7,15 +7,14 @@ presentation-to-diagnosis map in seconds. So, as LLM RL pipelines do with a cold
 the learner can first clone a demonstrator (by default the naive-Bayes clinician) on the
 training cases, and then improve on it with GRPO.
 
-The demonstrator plays each case under the spec's rules with the spec's Patient, Examiner and
-Judge, in process (`trainers.eval_agents`), wrapped by `Recorder`, which writes every turn as the
-`hf` agent would have: the same prompt (`actors.lm.request_prompt`) and the action's tokens under
-the policy's grammar. An action the grammar cannot express (several exams in one order, a
-differential) drops its episode. Episodes the Judge marked wrong are dropped unless
-`correct_only` is off. The rows are packed like training rows (`trainers.batch`), and the policy
-maximises their completions' log-likelihood for `minutes` (counted in the training budget), with
-its own AdamW; the GRPO optimiser starts afterwards.
-"""
+The demonstrator plays each case under the spec's rules with the spec's Patient, Examiner and Judge,
+in process (`trainers.eval_agents`), wrapped by `Recorder`, which writes every turn as the `hf`
+agent would have: the same prompt (`actors.lm.request_prompt`) and the action's tokens under the
+policy's grammar. An action the grammar cannot express (an order of several exams, unless the policy
+orders exam lists, `PolicyConfig.exams_per_order`; a differential) drops its episode. Episodes the
+Judge marked wrong are dropped unless `correct_only` is off. The rows are packed like training rows
+(`trainers.batch`), and the policy maximises their completions' log-likelihood for `minutes`
+(counted in the training budget), with its own AdamW; the GRPO optimiser starts afterwards."""
 
 from __future__ import annotations
 
@@ -91,7 +90,6 @@ class Recorder(Actor):
         self.demonstrator = demonstrator
         self.policy = policy
         self.inner = demonstrator.handlers()[ActRequest]
-        self.tokens = dict(zip(policy.grammar.actions, policy.grammar.sequences, strict=True))
 
     @handles(ActRequest)
     async def act(self, request: ActRequest) -> ActReply:
@@ -102,7 +100,7 @@ class Recorder(Actor):
         if isinstance(action, Diagnose):
             action = Diagnose(name=action.name)  # the grammar's diagnoses carry no differential
         text = _NATIVE.render_action(action) if action is not None else reply.text
-        ids = self.tokens.get(text.strip())
+        ids = self.policy.grammar.encode(text.strip())
         if ids is None:
             return reply
         return ActReply(

@@ -7,11 +7,12 @@
     lp = sequence_logprobs(policy, [ids], [tokens])      # the learner: same numbers, with grad
 
 Design for learning fast on two cores (see `PolicyConfig`): prompts are one line per step with
-reference ranges dropped (an intro is ~10 tokens, a step ~15); the action space is a fixed list
-of native-dialect strings (the bank's 81 diagnoses, its 95 key exams, 108 questions) decoded
-under a token trie, so every output is a valid action; with `atomic_actions` (default) each
-action is one token, so one forward pass produces an action and the head is a softmax over
-actions. Weights travel as raw tensors (`state_tensors` / `load_tensors`) via `engine.weights`.
+reference ranges dropped (an intro is ~10 tokens, a step ~15); the action space is a fixed list of
+native-dialect strings (the bank's 81 diagnoses, its 95 key exams, 108 questions) decoded under a
+token trie, so every output is a valid action; with `atomic_actions` (default) each action is one
+token, so one forward pass produces an action and the head is a softmax over actions; with
+`exams_per_order > 1` an exam order is a list of exam tokens ended by `<|end|>`. Weights travel as
+raw tensors (`state_tensors` / `load_tensors`) via `engine.weights`.
 
 Learnability, measured offline (REINFORCE with group-normalised advantages, groups of 8, 8 cases
 per step, AdamW, diagnosis-only grammar, intro-only prompts, 1 thread): accuracy 1% -> 3.4% at

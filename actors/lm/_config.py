@@ -26,6 +26,10 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #   key exam of the built-in bank); 0: every catalogue exam (211); fewer actions learn faster
     atomic_actions: bool = True  # every action string is one token (a softmax over actions);
     #   False: tag tokens + BPE pieces of the name (a token trie several levels deep)
+    # Exams per order: 1, each exam its own action; N > 1 (needs `atomic_actions`), an order is a
+    # list of 1 to N exam tokens and an end token, as the clinician orders a condition's key
+    # exams at once (`actors.lm._grammar`). The episode rules' `max_exams_per_order` still holds.
+    exams_per_order: int = 1
     rope_theta: float = 10000.0
     # The last turn of an episode (the intro's `max_turns`) ends its prompt with the `<|dx|>` cue
     # and only diagnoses may be sampled: every episode ends in a diagnosis, as the scripted
@@ -46,3 +50,8 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("PolicyConfig.max_prompt_tokens must be at least 16")
         if self.exams < 0 or self.corpus_cases < 1:
             raise ValueError("PolicyConfig.exams must be >= 0 and corpus_cases >= 1")
+        if self.exams_per_order < 1 or (self.exams_per_order > 1 and not self.atomic_actions):
+            raise ValueError(
+                "PolicyConfig.exams_per_order must be >= 1, and 1 unless atomic_actions is on "
+                "(a list of exams is a list of exam tokens)"
+            )

@@ -5,6 +5,11 @@ An action is a complete native-dialect string (`<diagnosis>asthma</diagnosis>`, 
 step only the children of the current node may be sampled, so every completion the agent
 produces parses, and a node with one child is a forced token (log-probability 0). The learner
 calls `mask()` to recompute exactly the distribution the agent sampled from.
+
+With exam lists (`max_exams > 1`, one token per exam action), an exam order is a list: the
+tokens of one to `max_exams` exam actions, then an end token, spelling `<exam>a; b</exam>` as
+the clinician orders. A list's nodes are its length so far (an exam may come again: the episode
+orders it once), so every node's mask is still fixed and cached.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from protocols.messages import AskPatient, Diagnose, OrderExam
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["KINDS", "ActionGrammar", "action_strings", "kind_of"]
+__all__ = ["END", "KINDS", "ActionGrammar", "action_strings", "kind_of"]
 
 KINDS = ("diagnosis", "exam", "ask")
+END = "<|end|>"  # the token that ends a list of exams
 
 
 def kind_of(action: str) -> str:
@@ -79,18 +85,47 @@ def _check_parse(actions: Iterable[str]) -> None:
 
 
 class ActionGrammar:
-    """A trie over the token sequences of `actions`; `allowed` and `mask` walk it."""
+    """A trie over the token sequences of `actions`; `allowed` and `mask` walk it.
 
-    def __init__(self, actions: Sequence[str], sequences: Sequence[Sequence[int]], vocab: int):
+    `max_exams > 1` makes exam orders lists ended by the token `end` (see the module doc)."""
+
+    def __init__(
+        self,
+        actions: Sequence[str],
+        sequences: Sequence[Sequence[int]],
+        vocab: int,
+        *,
+        max_exams: int = 1,
+        end: int | None = None,
+    ):
         if len(actions) != len(sequences) or not actions:
             raise ValueError("ActionGrammar needs one token sequence per action, and some actions")
         self.actions: list[str] = list(actions)
         self.sequences: list[tuple[int, ...]] = [tuple(s) for s in sequences]
         self.vocab = vocab
+        self.max_exams = max_exams
+        self.end = end
+        lists = max_exams > 1
+        self._exam_names: dict[int, str] = {}  # exam token -> name, with lists
+        if lists:
+            if end is None or not 0 <= end < vocab:
+                raise ValueError("exam lists need an end token inside the vocab")
+            for text, seq in zip(self.actions, self.sequences, strict=True):
+                if kind_of(text) == "exam":
+                    if len(seq) != 1:
+                        raise ValueError(f"exam lists need one token per exam action: {text!r}")
+                    self._exam_names[seq[0]] = text[len("<exam>") : -len("</exam>")]
+            if end in self._exam_names or any(end in seq for seq in self.sequences):
+                raise ValueError("the end token is also an action's token")
+        elif max_exams < 1:
+            raise ValueError("max_exams must be >= 1")
         # node 0 is the root; children[node] maps token -> node; leaf[node] is an action index
+        # (-1: a complete exam list)
         self._children: list[dict[int, int]] = [{}]
         self._leaf: dict[int, int] = {}
         for index, seq in enumerate(self.sequences):
+            if lists and seq and seq[0] in self._exam_names:
+                continue  # below: exam tokens lead into the list nodes
             if not seq:
                 raise ValueError(f"action {actions[index]!r} has no tokens")
             node = 0
@@ -108,8 +143,24 @@ class ActionGrammar:
             if node in self._leaf or self._children[node]:
                 raise ValueError(f"action {actions[index]!r} is a prefix of (or equal to) another")
             self._leaf[node] = index
-        self.max_len = max(len(s) for s in self.sequences)
+        self._first_list = len(self._children)  # list node k (k exams so far): _first_list + k-1
+        if lists and self._exam_names:
+            first, done = self._first_list, self._first_list + max_exams
+            self._children.extend({} for _ in range(max_exams + 1))
+            for tok in self._exam_names:
+                self._children[0][tok] = first
+            for k in range(max_exams):
+                node = first + k
+                if k + 1 < max_exams:
+                    self._children[node] = dict.fromkeys(self._exam_names, node + 1)
+                assert end is not None
+                self._children[node][end] = done
+            self._leaf[done] = -1
+        self.max_len = max(
+            max(len(s) for s in self.sequences), max_exams + 1 if self._exam_names else 1
+        )
         self._masks: dict[int, torch.Tensor] = {}
+        self._index: dict[str, int] | None = None  # action string -> index, built on first use
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -178,7 +229,28 @@ class ActionGrammar:
         node = self.node(completion)
         if node not in self._leaf:
             raise ValueError("the completion is not a complete action")
-        return self.actions[self._leaf[node]]
+        index = self._leaf[node]
+        if index < 0:  # an exam list: its exams, in order
+            names = [self._exam_names[int(t)] for t in completion[:-1]]
+            return f"<exam>{'; '.join(names)}</exam>"
+        return self.actions[index]
+
+    def encode(self, action: str) -> list[int] | None:
+        """The completion that spells `action` (a string as `action_of` gives), or None when the
+        grammar cannot express it; an exam order with lists is its exams' tokens + the end."""
+        if self.max_exams > 1 and action.startswith("<exam>") and action.endswith("</exam>"):
+            names = action[len("<exam>") : -len("</exam>")].split("; ")
+            if not 1 <= len(names) <= self.max_exams:
+                return None
+            tokens = {name: tok for tok, name in self._exam_names.items()}
+            ids = [tokens.get(name) for name in names]
+            if any(t is None for t in ids) or self.end is None:
+                return None
+            return [*(t for t in ids if t is not None), self.end]
+        if self._index is None:
+            self._index = {a: i for i, a in enumerate(self.actions)}
+        i = self._index.get(action)
+        return None if i is None else list(self.sequences[i])
 
     # --- sub-grammars ---------------------------------------------------------------------------
 
@@ -199,4 +271,11 @@ class ActionGrammar:
         pairs = [(a, s) for a, s in zip(self.actions, self.sequences, strict=True) if pred(a)]
         if not pairs:
             raise ValueError("the restriction keeps no action")
-        return ActionGrammar([a for a, _ in pairs], [s for _, s in pairs], self.vocab)
+        lists = self.max_exams if any(kind_of(a) == "exam" for a, _ in pairs) else 1
+        return ActionGrammar(
+            [a for a, _ in pairs],
+            [s for _, s in pairs],
+            self.vocab,
+            max_exams=lists,
+            end=self.end if lists > 1 else None,
+        )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from actors.lm._config import PolicyConfig
-from actors.lm._grammar import ActionGrammar
+from actors.lm._grammar import END, ActionGrammar
 from actors.lm._prompt import intro_text, step_text
 from actors.lm._tokenizer import ACT, BOS, DX, PAD, build_tokenizer
 from protocols.messages import ActRequest, Intro, Step
@@ -56,13 +56,14 @@ class Policy:
 
 def _grammar(config: PolicyConfig) -> ActionGrammar:
     tok, actions = build_tokenizer(config)
-    return _grammar_of(tok, actions)
+    return _grammar_of(tok, actions, config.exams_per_order)
 
 
 @functools.cache
-def _grammar_of(tok: Any, actions: tuple[str, ...]) -> ActionGrammar:
-    seqs = [tok.encode(a).ids for a in actions]  # type: ignore[attr-defined]
-    return ActionGrammar(actions, seqs, tok.get_vocab_size())  # type: ignore[attr-defined]
+def _grammar_of(tok: Any, actions: tuple[str, ...], max_exams: int) -> ActionGrammar:
+    seqs = [tok.encode(a).ids for a in actions]
+    end = tok.token_to_id(END) if max_exams > 1 else None
+    return ActionGrammar(actions, seqs, tok.get_vocab_size(), max_exams=max_exams, end=end)
 
 
 @functools.cache
@@ -128,7 +129,8 @@ def encode_prompt(
     budget = policy.config.max_prompt_tokens
     head = [policy.bos_id, *tok.encode(intro_text(intro)).ids][: budget - 1]
     room = budget - len(head) - 1
-    parts = [[policy.act_id, *tok.encode(step_text(s)).ids] for s in steps]
+    lists = policy.config.exams_per_order > 1
+    parts = [[policy.act_id, *tok.encode(step_text(s, lists)).ids] for s in steps]
     kept: list[list[int]] = []
     for ids in reversed(parts):
         if room <= 0:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from actors.lm._grammar import END
 from protocols.dialects import get_dialect
 from protocols.messages import (
     ExamResults,
     FormatFeedback,
     Intro,
     Observation,
+    OrderExam,
     PatientAnswer,
     RuleNotice,
     Step,
@@ -71,17 +73,23 @@ def _observation_text(obs: Observation) -> str:
     raise TypeError(f"not an observation: {type(obs).__name__}")
 
 
-def step_text(step: Step) -> str:
+def step_text(step: Step, exam_lists: bool = False) -> str:
     """The action as the native dialect writes it, then what came back, on one line (no space
-    between: the action is one token, the answer starts a new word anyway)."""
-    if step.action is not None:
+    between: the action is one token, the answer starts a new word anyway).
+
+    With `exam_lists` an exam order is written as the policy's grammar spells it, one `<exam>`
+    tag per exam and the list's end (`<exam>a</exam><exam>b</exam><|end|>`), so that a prompt
+    extends the last turn's prompt and completion token for token."""
+    if exam_lists and isinstance(step.action, OrderExam):
+        action = "".join(f"<exam>{name}</exam>" for name in step.action.names) + END
+    elif step.action is not None:
         action = _NATIVE.render_action(step.action).replace("\n", " ")
     else:
         action = _clean(step.text)[:_MAX_FREE_TEXT] or "(empty reply)"
     return f"{action}{_observation_text(step.observation)}\n"
 
 
-def render_prompt(intro: Intro, steps: Sequence[Step]) -> str:
+def render_prompt(intro: Intro, steps: Sequence[Step], exam_lists: bool = False) -> str:
     """The whole prompt text, untruncated (the agent tokenizes it part by part: see
     `actors.lm.encode_prompt`, which drops the oldest steps to fit and appends the action cue)."""
-    return intro_text(intro) + "".join(step_text(s) for s in steps)
+    return intro_text(intro) + "".join(step_text(s, exam_lists) for s in steps)

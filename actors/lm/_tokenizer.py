@@ -4,7 +4,8 @@ Special tokens come first (`<|pad|>`, `<|bos|>`, `<|act|>`, the cue after which 
 generated, and `<|dx|>`, the cue of an episode's last turn, after which only a diagnosis may
 follow); then the learned BPE vocabulary; then added tokens: the six action tags and, with
 `atomic_actions`, every action string as a single token (so an action is one sampling step and
-the policy is a softmax over actions, which is what learns fastest from a few thousand episodes).
+the policy is a softmax over actions, which is what learns fastest from a few thousand episodes),
+and with `exams_per_order > 1` the end of an exam list, `<|end|>`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import functools
 from collections.abc import Iterator
 
 from actors.lm._config import PolicyConfig
-from actors.lm._grammar import KINDS, action_strings
+from actors.lm._grammar import END, KINDS, action_strings
 from actors.lm._prompt import compact_result, intro_text
 from protocols.messages import Intro
 
-__all__ = ["ACT", "BOS", "DX", "PAD", "SPECIALS", "TAGS", "build_tokenizer"]
+__all__ = ["ACT", "BOS", "DX", "END", "PAD", "SPECIALS", "TAGS", "build_tokenizer"]
 
 PAD, BOS, ACT, DX = "<|pad|>", "<|bos|>", "<|act|>", "<|dx|>"
 SPECIALS = (PAD, BOS, ACT, DX)
@@ -49,13 +50,18 @@ def build_tokenizer(config: PolicyConfig) -> tuple[object, tuple[str, ...]]:
 
     Cached per process on the fields that shape it (not the model's size or seed)."""
     return _train(
-        config.vocab, config.corpus_cases, config.corpus_seed, config.exams, config.atomic_actions
+        config.vocab,
+        config.corpus_cases,
+        config.corpus_seed,
+        config.exams,
+        config.atomic_actions,
+        config.exams_per_order > 1,
     )
 
 
 @functools.cache
 def _train(
-    vocab: int, corpus_cases: int, corpus_seed: int, exams: int, atomic: bool
+    vocab: int, corpus_cases: int, corpus_seed: int, exams: int, atomic: bool, lists: bool = False
 ) -> tuple[object, tuple[str, ...]]:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -75,6 +81,6 @@ def _train(
     tok.train_from_iterator(list(corpus), trainer=trainer)
     # One matching pass (non-special added tokens, leftmost-longest): a whole action string wins
     # over its opening tag, and tags never merge with the text around them.
-    added = [*TAGS, *(actions if atomic else ())]
+    added = [*TAGS, *(actions if atomic else ()), *((END,) if lists else ())]
     tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in added])
     return tok, actions
