@@ -143,9 +143,9 @@ class ActionGrammar:
             if node in self._leaf or self._children[node]:
                 raise ValueError(f"action {actions[index]!r} is a prefix of (or equal to) another")
             self._leaf[node] = index
-        self._first_list = len(self._children)  # list node k (k exams so far): _first_list + k-1
         if lists and self._exam_names:
-            first, done = self._first_list, self._first_list + max_exams
+            # list node first + k holds k + 1 exams; `done` is a complete list
+            first, done = len(self._children), len(self._children) + max_exams
             self._children.extend({} for _ in range(max_exams + 1))
             for tok in self._exam_names:
                 self._children[0][tok] = first
@@ -153,9 +153,9 @@ class ActionGrammar:
                 node = first + k
                 if k + 1 < max_exams:
                     self._children[node] = dict.fromkeys(self._exam_names, node + 1)
-                assert end is not None
-                self._children[node][end] = done
+                self._children[node][end] = done  # type: ignore[index]
             self._leaf[done] = -1
+        self._exam_tokens = {name: tok for tok, name in self._exam_names.items()}
         self.max_len = max(
             max(len(s) for s in self.sequences), max_exams + 1 if self._exam_names else 1
         )
@@ -242,11 +242,9 @@ class ActionGrammar:
             names = action[len("<exam>") : -len("</exam>")].split("; ")
             if not 1 <= len(names) <= self.max_exams:
                 return None
-            tokens = {name: tok for tok, name in self._exam_names.items()}
-            ids = [tokens.get(name) for name in names]
-            if any(t is None for t in ids) or self.end is None:
+            if any(name not in self._exam_tokens for name in names):
                 return None
-            return [*(t for t in ids if t is not None), self.end]
+            return [*(self._exam_tokens[name] for name in names), self.end]  # type: ignore[list-item]
         if self._index is None:
             self._index = {a: i for i, a in enumerate(self.actions)}
         i = self._index.get(action)
