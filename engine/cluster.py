@@ -151,6 +151,11 @@ class Head:
         self.recent.append(bool(t.verdict and t.verdict.correct))
 
     def progress_extra(self) -> str:
+        if self.spec.learner is not None and self.learner_version < 0:
+            # no version announced yet: the learner is starting, or in a cold start (the learner
+            # config's `demos`), playing and cloning its demonstrator for minutes
+            demos = self.spec.learner.config.get("demos") or {}
+            return "  learner: cold start" if demos.get("agent") else "  learner: starting"
         if self.learner_version < 0 or not self.recent:
             return ""
         recent = sum(self.recent) / len(self.recent)
@@ -484,7 +489,8 @@ async def run_cluster(
         finally:
             (run_dir / "head.json").unlink(missing_ok=True)  # `status` now says: not running
             with trio.CancelScope(shield=True):
-                await stop_learners(supervisor, learners)
+                # a second signal means now: a learner busy starting up gets seconds, not 30
+                await stop_learners(supervisor, learners, grace_s=2.0 if head.aborted else 30.0)
                 hub.shutdown_workers("cluster down")
                 await supervisor.stop()
                 nursery.cancel_scope.cancel()

@@ -68,10 +68,7 @@ def default_spec(tmp_path: Path, learners: int = 1) -> Path:
     version 1, so version = steps + 1 below."""
     text = (ROOT / "engine" / "default.toml").read_text()
     text, n = re.subn(
-        r"^(demos = .*)cases = \d+, (minutes = [\d.]+) }$",
-        r"\1cases = 64, \2, steps = 3 }",
-        text,
-        flags=re.M,
+        r"^(demos = .*)cases = \d+,(.*) }$", r"\1cases = 64,\2, steps = 3 }", text, flags=re.M
     )
     assert n == 1, "the default's demos line"
     text, n = re.subn(r"n = \d+, seed = 0 }", "n = 2000, seed = 0 }", text)
@@ -156,6 +153,24 @@ def no_strays(pid: int) -> None:
             except psutil.Error:
                 continue
             assert parent is None or parent.pid != pid, f"stray worker {p.pid}: {cmd}"
+
+
+def test_the_progress_line_says_what_the_learner_is_doing(tmp_path: Path) -> None:
+    from engine.cluster import Head
+    from engine.spec import load_spec
+
+    spec = load_spec(ROOT / "engine" / "default.toml")
+    assert spec.learner is not None
+    head = Head(spec, tmp_path, hub=None)  # type: ignore[arg-type]
+    assert head.progress_extra() == "  learner: cold start"  # the default clones first
+    config = {k: v for k, v in spec.learner.config.items() if k != "demos"}
+    plain = msgspec.structs.replace(
+        spec, learner=msgspec.structs.replace(spec.learner, config=config)
+    )
+    assert Head(plain, tmp_path, hub=None).progress_extra() == "  learner: starting"  # type: ignore[arg-type]
+    head.learner_version = 3
+    head.recent.extend([True, False])
+    assert head.progress_extra() == "  policy v3  acc(last 2) 0.500"
 
 
 def test_up_runs_the_embedded_default(tmp_path: Path) -> None:

@@ -168,6 +168,27 @@ def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
         assert torch.equal(v, cloned[k]), k
 
 
+def test_a_stop_during_the_clone_ends_it_and_leaves_version_0(tmp_path: Path) -> None:
+    policy = build_policy(TINY)
+    rows = trio.run(collect, demos(cases=8), spec(), policy)
+    asked = []
+
+    def should_stop() -> bool:  # asked before each update: stop before the fourth
+        asked.append(1)
+        return len(asked) > 3
+
+    stats = clone(policy, rows, demos(steps=50, batch=4), should_stop=should_stop)
+    assert stats["steps"] == 3 and stats["stopped"] == 1
+
+    # the learner asked to stop (`down`, SIGTERM) mid-clone: no version 1, no demos.json, so a
+    # resumed run clones again
+    config = LearnerConfig(policy=TINY, optim=OptimConfig(), demos=demos(steps=50))
+    learner = Learner(config, 1, tmp_path, Trainer(TINY, OptimConfig()))
+    learner.request_stop("SIGTERM")
+    trio.run(learner.cold_start, spec())
+    assert learner.trainer.version == 0 and not (tmp_path / "demos.json").exists()
+
+
 def test_the_clone_does_not_outlast_the_training_budget(tmp_path: Path) -> None:
     """`up --minutes 1` with a 60-minute clone: the clone is counted in the budget, so it stops
     when the budget is spent (here at once, after its one update) and is still version 1."""
@@ -207,7 +228,8 @@ def test_the_default_clones_the_clinician() -> None:
     learner = spec().learner
     assert learner is not None
     config = msgspec.convert(learner.config, LearnerConfig)
-    assert config.demos.agent == CLINICIAN and config.demos.agent_config == ONE_EXAM
+    assert config.demos.agent == CLINICIAN and config.demos.agent_config == {}  # the full one
+    assert config.policy.exams_per_order == 8  # so the policy can order its panels
 
 
 def test_the_demonstrator_is_measured_with_its_config_beside_the_baselines(tmp_path: Path) -> None:
@@ -230,3 +252,8 @@ def test_the_demonstrator_is_measured_with_its_config_beside_the_baselines(tmp_p
     bad = LearnerConfig(demos=demos(agent_config={"max_exam_per_order": 1}))
     with pytest.raises(ConfigError, match="max_exam_per_order"):
         trio.run(evaluate_baselines, bad, spec_path, tmp_path / "bad.json", cases)
+
+    # a demonstrator that is one of the baselines as it stands is not measured twice
+    same = LearnerConfig(demos=demos(agent_config={}), baselines={"heuristic": CLINICIAN})
+    trio.run(evaluate_baselines, same, spec_path, tmp_path / "same.json", cases)
+    assert set(json.loads((tmp_path / "same.json").read_text())) == {"heuristic"}

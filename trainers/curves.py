@@ -119,7 +119,7 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
         title += f", held-out {evals[-1]['accuracy']:.3f}"
         if "greedy" in evals[-1]:
             title += f" (greedy {evals[-1]['greedy']['accuracy']:.3f})"
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = out or run_dir / "learning_curve.png"
     tmp = path.with_suffix(".tmp.png")

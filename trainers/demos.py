@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -149,25 +150,37 @@ def _clonable(t: Trajectory, correct_only: bool) -> bool:
 
 
 def clone(
-    policy: Policy, rows: list[Row], config: DemosConfig, *, temperature: float = 1.0, seed: int = 0
+    policy: Policy,
+    rows: list[Row],
+    config: DemosConfig,
+    *,
+    temperature: float = 1.0,
+    seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Maximise the log-likelihood of the rows' completions for `config.minutes` (or
     `config.steps` updates): minibatches of `config.batch` rows drawn at random, mean over their
     tokens, the learning rate on a cosine from `lr` down to `lr * lr_floor` along whichever of
-    the two budgets runs out first, and at least one update; returns what it did."""
+    the two budgets runs out first, and at least one update, unless `should_stop()` says so
+    before an update (then `stopped` is 1); returns what it did."""
     import torch
 
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _clone(policy, rows, config, temperature, seed)
+        return _clone(policy, rows, config, temperature, seed, should_stop or (lambda: False))
     finally:
         torch.set_num_threads(threads)
 
 
 def _clone(
-    policy: Policy, rows: list[Row], config: DemosConfig, temperature: float, seed: int
+    policy: Policy,
+    rows: list[Row],
+    config: DemosConfig,
+    temperature: float,
+    seed: int,
+    should_stop: Callable[[], bool],
 ) -> dict[str, float]:
     import torch
 
@@ -178,7 +191,11 @@ def _clone(
     steps, first, loss_value = 0, float("nan"), float("nan")
     model.train()
     lr = config.lr
+    stopped = False
     while (done := _progress(config, time.monotonic() - t0, steps)) < 1.0 or not steps:
+        if should_stop():
+            stopped = True
+            break
         lr = config.lr * (
             config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * done))
         )
@@ -203,6 +220,7 @@ def _clone(
         "lr_last": lr,
         "seconds": round(time.monotonic() - t0, 2),
         "threads": float(torch.get_num_threads()),
+        "stopped": float(stopped),
     }
     log.info("cloned", **stats)
     return stats

@@ -315,13 +315,23 @@ class Learner:
                 demos = msgspec.structs.replace(demos, minutes=minutes)
             stats = await trio.to_thread.run_sync(
                 lambda: clone(
-                    self.trainer.policy, rows, demos, temperature=self.trainer.temperature
+                    self.trainer.policy,
+                    rows,
+                    demos,
+                    temperature=self.trainer.temperature,
+                    should_stop=lambda: self.stop_requested,
                 )
             )
-            (self.run_dir / "demos.json").write_text(
-                json.dumps({"agent": demos.agent, **stats, "elapsed_s": self.elapsed_s})
-            )
+            if not stats["stopped"]:
+                (self.run_dir / "demos.json").write_text(
+                    json.dumps({"agent": demos.agent, **stats, "elapsed_s": self.elapsed_s})
+                )
         await trio.to_thread.run_sync(self.group.broadcast_parameters, self.trainer.model)
+        if self.stop_requested:
+            # Stopped mid-clone (`down`, a signal): the weights stay version 0, so a resumed run
+            # clones again, from them.
+            log.info("cold start stopped before its end: a resumed run clones again")
+            return
         self.trainer.version += 1
         if self.lead:
             if self.heldout is not None:
@@ -429,9 +439,10 @@ async def evaluate_baselines(
     config: LearnerConfig, spec_path: Path, out: Path, cases: list[Case] | None = None
 ) -> None:
     """Accuracy and reward of the scripted baselines under the run's spec, once per run; with a
-    cold start, its demonstrator too (the level the clone aims at)."""
+    cold start, its demonstrator too (the level the clone aims at), unless a baseline is it."""
     agents, configs = dict(config.baselines), {}
-    if config.demos.enabled:
+    demos = config.demos
+    if demos.enabled and (demos.agent_config or demos.agent not in agents.values()):
         agents["demonstrator"] = config.demos.agent
         configs["demonstrator"] = config.demos.agent_config
     if out.exists() or not agents:
