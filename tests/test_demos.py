@@ -153,6 +153,7 @@ def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
     first = learner()
     trio.run(first.cold_start, spec())
     assert first.trainer.version == 1 and first.trainer.steps == 0
+    assert first.floor == 1  # the random policy's rollouts are not trained on
     record = json.loads((tmp_path / "demos.json").read_text())
     assert record["agent"] == CLINICIAN and record["steps"] == 5
     fresh = build_policy(TINY).model.state_dict()
@@ -161,7 +162,7 @@ def test_the_learner_clones_once_per_run_and_a_resumed_run_does_not_again(
 
     (tmp_path / "demos.json").unlink()
     again = learner()
-    assert again.resume() and again.trainer.version == 1
+    assert again.resume() and again.trainer.version == 1 and again.floor == 1
     trio.run(again.cold_start, spec())
     assert not (tmp_path / "demos.json").exists()  # nothing cloned twice
     for k, v in again.trainer.model.state_dict().items():
@@ -187,6 +188,7 @@ def test_a_stop_during_the_clone_ends_it_and_leaves_version_0(tmp_path: Path) ->
     learner.request_stop("SIGTERM")
     trio.run(learner.cold_start, spec())
     assert learner.trainer.version == 0 and not (tmp_path / "demos.json").exists()
+    assert learner.floor == 0
 
 
 def test_the_clone_does_not_outlast_the_training_budget(tmp_path: Path) -> None:

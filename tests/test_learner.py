@@ -44,6 +44,7 @@ from protocols import (  # noqa: E402
 )
 from tests.fakes import verdict  # noqa: E402
 from trainers.learner import LearnerConfig, learn  # noqa: E402
+from trainers.trainer import OptimConfig, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,6 +254,45 @@ async def test_dynamic_sampling_steps_on_groups_with_signal(
     assert stats.acked == sum(x["trajectories"] for x in lines)  # the filtered ones are acked too
     assert head.filtered == [4] * sum(filtered)  # each one told to the head as it was acked
     assert head.versions == [0, 1, 2]
+
+
+async def test_after_a_cold_start_the_random_policys_rollouts_are_dropped(tmp_path: Path) -> None:
+    """While the learner clones its demonstrator, admission lets the agents play a batch or two
+    with the random policy (version 0). Once the clone is version 1 (its checkpoint records the
+    floor), those groups are acked unused and told to the head, not trained on or counted in the
+    accuracy, and the learner leases more in their place."""
+    import msgspec
+
+    trainer = Trainer(TINY, OptimConfig())
+    trainer.version = 1  # what `Learner.cold_start` leaves, checkpointed
+    trainer.save(tmp_path / "checkpoints" / "latest.pt", {"elapsed_s": 0.0, "floor": 1})
+
+    def made_by(version: int, group: list[Trajectory]) -> list[Trajectory]:
+        return [
+            msgspec.structs.replace(
+                t, turns=[msgspec.structs.replace(u, policy_version=version) for u in t.turns]
+            )
+            for t in group
+        ]
+
+    data = trajectories(5)
+    groups = [[t for t in data if t.group_id == f"g{g}"] for g in range(5)]
+    old = [t for g in groups[:3] for t in made_by(0, g)]  # played during the clone
+    new = [t for g in groups[3:] for t in made_by(1, g)]
+    wrong = [msgspec.structs.replace(t, verdict=verdict(correct=False)) for t in old]
+    config = LearnerConfig(policy=TINY, steps=1, checkpoint_every=1, poll_s=0.2)
+    async with hub_with_broker([*wrong, *new]) as (ep, client, head):
+        learner = await learn(ep, config, groups_per_step=2, run_dir=tmp_path)
+        stats = await client.request("broker", BrokerStatsQuery())
+    lines = read_metrics(tmp_path)
+    assert [x["dropped_old"] for x in lines] == [12]  # 3 groups of 4
+    assert [x["accuracy"] for x in lines] == [0.5]  # the dropped ones, all wrong, do not count
+    assert [x["staleness_max"] for x in lines] == [0]  # the trained groups are the clone's
+    assert [x["trajectories"] for x in lines] == [8]
+    # leases of 2 groups: g0 g1 (both old: acked at once), g2 g3 (g2 dropped), then g4
+    assert head.filtered == [8, 4]
+    assert isinstance(stats, BrokerStats) and stats.acked == 20 and stats.pending == 0
+    assert learner.floor == 1 and checkpoint(tmp_path)["extra"]["floor"] == 1
 
 
 def test_the_filter_cap_cannot_be_negative() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from protocols import Diagnose, Terminal, Trajectory, unpack_floats, unpack_ids
 
-__all__ = ["Row", "TrainBatch", "build_batch", "has_signal", "reward_of"]
+__all__ = ["Row", "TrainBatch", "build_batch", "has_signal", "made_before", "reward_of"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class TrainBatch:
     aborted: int = 0
     skipped_turns: int = 0  # turns with no token ids, or ids and logprobs that disagree
     filtered: int = 0  # groups consumed without training: every sample had the same reward
+    dropped: int = 0  # trajectories acked unused: made before the learner's floor (`made_before`)
 
     def merge(self, other: TrainBatch, *, trained: bool = True) -> None:
         """Add `other`'s episode statistics (not its rows); `trained=False` for groups that were
@@ -88,6 +89,7 @@ class TrainBatch:
         self.turns += other.turns
         self.diagnoses |= other.diagnoses
         self.aborted += other.aborted
+        self.dropped += other.dropped
         self.filtered += other.filtered if trained else other.groups
         if trained:
             self.versions += other.versions
@@ -111,6 +113,7 @@ class TrainBatch:
             "staleness_max": float(max(stale)),
             "skipped_turns": float(self.skipped_turns),
             "filtered_groups": float(self.filtered),
+            "dropped_old": float(self.dropped),
         }
 
 
@@ -138,6 +141,12 @@ def has_signal(group: list[Trajectory], aborted_reward: float = 0.0) -> bool:
     advantage everywhere and teaches the clipped surrogate nothing (DAPO's dynamic sampling
     filters such groups out)."""
     return len({reward_of(t, aborted_reward) for t in group}) > 1
+
+
+def made_before(group: list[Trajectory], version: int) -> bool:
+    """Whether any generated turn of the group (one with token ids) came from a policy older than
+    `version`: after a cold start, those are the random policy's episodes the clone replaced."""
+    return any(t.token_ids and t.policy_version < version for traj in group for t in traj.turns)
 
 
 def build_batch(

@@ -34,7 +34,8 @@ process under the spec's rules and Patient / Examiner / Judge, for the learning-
 `heldout.cases` set, it evaluates the policy itself on those cases every `heldout.every_min`
 minutes (`eval.jsonl`, `trainers.heldout`), and the baselines run on the same cases. With
 `demos.agent` set, a fresh run first clones that scripted demonstrator's episodes
-(`trainers.demos`): rank 0 trains, every rank takes its weights, and that is version 1.
+(`trainers.demos`): rank 0 trains, every rank takes its weights, and that is version 1; groups
+the agents played meanwhile with the random policy are acked unused (`dropped_old`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from engine.security import CurveKeys
 from engine.spec import ClusterSpec
 from engine.weights import WeightServer, pack
 from protocols import Ack, Case, Filtered, Groups, Pull, Shutdown, Trajectory, WeightsAvailable
-from trainers.batch import TrainBatch, build_batch, has_signal
+from trainers.batch import TrainBatch, build_batch, has_signal, made_before
 from trainers.demos import DemosConfig, clone, collect
 from trainers.distributed import Group, Solo, parse_address
 from trainers.heldout import HeldOut, HeldOutConfig
@@ -160,6 +161,11 @@ class Learner:
         self.stop_requested = False  # a signal asked this process to stop
         self._pulling: trio.CancelScope | None = None
         self.heldout: HeldOut | None = None  # rank 0's evaluator on the held-out cases
+        # The oldest policy version whose rollouts are trained on: after a cold start, the
+        # clone's. Episodes the agents played with the random policy meanwhile (admission lets
+        # `(max_staleness + 1) * batch` start at version 0) are acked unused, not trained.
+        self.floor = 0
+        self.dropped = 0  # trajectories dropped under the floor during this step's leasing
 
     @property
     def lead(self) -> bool:
@@ -189,6 +195,7 @@ class Learner:
             return False
         self.elapsed0 = float(extra.get("elapsed_s", 0.0))
         self.episodes = int(extra.get("episodes", 0))
+        self.floor = int(extra.get("floor", 0))
         log.info("resumed", version=self.trainer.version, elapsed_s=self.elapsed0)
         return True
 
@@ -232,6 +239,10 @@ class Learner:
                 raise RuntimeError(f"broker answered Pull with {type(reply).__name__}")
             if not reply.groups:
                 continue
+            if self.floor and any(made_before(g, self.floor) for g in reply.groups):
+                reply = await self.drop_old(hub, reply)
+                if reply is None:
+                    continue
             if (
                 c.filter_uniform_groups
                 and len(filtered) < c.max_filtered_per_step
@@ -244,6 +255,20 @@ class Learner:
                 continue
             groups += reply.groups
             leases.append(reply.lease)
+
+    async def drop_old(self, hub: HubClient, reply: Groups) -> Groups | None:
+        """Take out the groups made before `floor` and tell the head at once, so admission frees
+        their slots; a lease left with no group is acked now (else after the step, as usual)."""
+        old = [g for g in reply.groups if made_before(g, self.floor)]
+        keep = [g for g in reply.groups if not made_before(g, self.floor)]
+        count = sum(len(g) for g in old)
+        self.dropped += count
+        log.info("dropped rollouts older than the floor", trajectories=count, floor=self.floor)
+        await hub.request("head", Filtered(count), timeout=30.0)
+        if keep:
+            return msgspec.structs.replace(reply, groups=keep)
+        await self.ack(hub, reply.lease)
+        return None
 
     async def ack(self, hub: HubClient, lease: str) -> None:
         """Ack a trained lease. While stopping, a broker that does not answer soon must not
@@ -265,7 +290,7 @@ class Learner:
         await hub.request("head", WeightsAvailable(version, server.endpoint), timeout=30.0)
 
     def save(self) -> None:
-        extra = {"elapsed_s": self.elapsed_s, "episodes": self.episodes}
+        extra = {"elapsed_s": self.elapsed_s, "episodes": self.episodes, "floor": self.floor}
         self.trainer.save(self.checkpoint, extra)
 
     def record(self, line: dict[str, Any]) -> None:
@@ -333,6 +358,7 @@ class Learner:
             log.info("cold start stopped before its end: a resumed run clones again")
             return
         self.trainer.version += 1
+        self.floor = self.trainer.version
         if self.lead:
             if self.heldout is not None:
                 self.heldout.last_s = -math.inf  # due now: the cloned policy's level
@@ -363,6 +389,7 @@ class Learner:
             )
             if filtered:  # their episodes count in the metrics (accuracy above all)
                 batch.merge(build_batch(filtered, aborted_reward=c.aborted_reward), trained=False)
+            batch.dropped, self.dropped = self.dropped, 0
             version = self.trainer.version
             step = await trio.to_thread.run_sync(self.trainer.step, batch)
             parts = await trio.to_thread.run_sync(
