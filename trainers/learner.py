@@ -239,7 +239,7 @@ class Learner:
                 raise RuntimeError(f"broker answered Pull with {type(reply).__name__}")
             if not reply.groups:
                 continue
-            if self.floor and any(made_before(g, self.floor) for g in reply.groups):
+            if self.floor:
                 reply = await self.drop_old(hub, reply)
                 if reply is None:
                     continue
@@ -259,9 +259,10 @@ class Learner:
     async def drop_old(self, hub: HubClient, reply: Groups) -> Groups | None:
         """Take out the groups made before `floor` and tell the head at once, so admission frees
         their slots; a lease left with no group is acked now (else after the step, as usual)."""
-        old = [g for g in reply.groups if made_before(g, self.floor)]
         keep = [g for g in reply.groups if not made_before(g, self.floor)]
-        count = sum(len(g) for g in old)
+        count = sum(len(g) for g in reply.groups) - sum(len(g) for g in keep)
+        if not count:
+            return reply
         self.dropped += count
         log.info("dropped rollouts older than the floor", trajectories=count, floor=self.floor)
         await hub.request("head", Filtered(count), timeout=30.0)
@@ -470,8 +471,8 @@ async def evaluate_baselines(
     agents, configs = dict(config.baselines), {}
     demos = config.demos
     if demos.enabled and (demos.agent_config or demos.agent not in agents.values()):
-        agents["demonstrator"] = config.demos.agent
-        configs["demonstrator"] = config.demos.agent_config
+        agents["demonstrator"] = demos.agent
+        configs["demonstrator"] = demos.agent_config
     if out.exists() or not agents:
         return
     from trainers.baselines import run_baselines
